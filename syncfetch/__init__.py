@@ -1,0 +1,23 @@
+"""syncfetch: requests that never exceed a rate limit, from any number of threads."""
+
+from ._exceptions import DeadlineExceeded, RateLimitExceeded
+from ._rates import parse_rate
+from ._retry import RetryPolicy
+from ._session import UNSET, Session
+from ._stats import Stats
+from ._timing import is_testing, set_testing
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "UNSET",
+    "DeadlineExceeded",
+    "RateLimitExceeded",
+    "RetryPolicy",
+    "Session",
+    "Stats",
+    "__version__",
+    "is_testing",
+    "parse_rate",
+    "set_testing",
+]

@@ -1,0 +1,134 @@
+"""Per-key sliding-window token buckets with bounded, fail-fast waits.
+
+pyrate-limiter's ``Limiter`` is not used on purpose: its non-blocking acquire denies
+falsely under lock contention, a timed acquire sleeps the whole timeout before
+failing, and it adds ``buffer_ms`` to every wait. Its buckets are sound, so this
+module drives them directly and owns the waiting.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+
+from pyrate_limiter import InMemoryBucket, Rate, RateItem
+
+from ._exceptions import RateLimitExceeded
+
+# Housekeeping cadence: drop buckets whose every window has emptied, so a crawl
+# over a million hosts does not keep a million buckets.
+_SWEEP_EVERY = 10.0
+
+
+class KeyedLimiter:
+    """One in-memory bucket per key, all with the same rates.
+
+    :param rates: binding rates, as returned by ``normalize_limits`` (non-empty).
+    :param margin: seconds added to every window, to absorb the scheduling jitter
+        between taking a token and the request reaching the server.
+    :param clock: monotonic clock in seconds (injectable for tests).
+    :param sleep: sleep function (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        rates: list[Rate],
+        *,
+        margin: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not rates:
+            raise ValueError("KeyedLimiter needs at least one rate")
+        margin_ms = int(margin * 1000)
+        self.rates = [Rate(r.limit, r.interval + margin_ms) for r in rates]
+        self._clock = clock
+        self._sleep = sleep
+        # _lock guards _buckets, _paused, _next_sweep and every bucket put/leak, so a
+        # check-and-take is atomic across threads. Never held while sleeping.
+        self._lock = threading.Lock()
+        self._buckets: dict[str, InMemoryBucket] = {}
+        self._paused: dict[str, float] = {}
+        self._next_sweep = clock() + _SWEEP_EVERY
+
+    def __getstate__(self) -> dict[str, object]:
+        # Pickled sessions start with empty buckets: tokens are only meaningful in
+        # the process that took them.
+        return {"rates": self.rates, "_clock": self._clock, "_sleep": self._sleep}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._buckets = {}
+        self._paused = {}
+        self._next_sweep = self._clock() + _SWEEP_EVERY
+
+    def after_fork(self) -> None:
+        """Replace the lock in a forked child: the parent may have held it at fork time."""
+        self._lock = threading.Lock()
+
+    def pause(self, key: str, seconds: float) -> None:
+        """Hold back every token for ``key`` for ``seconds`` (a server asked us to wait)."""
+        until = self._clock() + seconds
+        with self._lock:
+            if until > self._paused.get(key, 0.0):
+                self._paused[key] = until
+
+    def acquire(self, key: str, deadline: float | None) -> float:
+        """Take one token for ``key``, waiting as the rates require.
+
+        :param key: the bucket key.
+        :param deadline: monotonic time by which the token must be taken, or ``None``.
+        :returns: seconds spent waiting.
+        :raises RateLimitExceeded: at once when the needed wait would pass ``deadline``.
+        """
+        start = self._clock()
+        while True:
+            with self._lock:
+                now = self._clock()
+                wait = self._paused.get(key, 0.0) - now
+                if wait <= 0:
+                    wait = self._try_take(key, now)
+                    if wait <= 0:
+                        return now - start
+            if deadline is not None and now + wait > deadline:
+                raise RateLimitExceeded(
+                    f"no rate-limit token for {key} within max_wait (next in {wait:.3f} s)",
+                    key=key,
+                    retry_after=wait,
+                )
+            self._sleep(wait)
+
+    def _try_take(self, key: str, now: float) -> float:
+        """Put an item in ``key``'s bucket; return 0 on success or the seconds to wait."""
+        if now >= self._next_sweep:
+            self._sweep(now)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = InMemoryBucket(self.rates)
+        # Ceil keeps the recorded time at or after the real one, so a window never
+        # empties early by rounding.
+        item = RateItem(key, math.ceil(now * 1000))
+        if bucket.put(item):
+            return 0.0
+        wait_ms = bucket.waiting(item)
+        assert isinstance(wait_ms, int) and wait_ms >= 0  # weight 1 always fits eventually
+        return max(wait_ms, 1) / 1000
+
+    def _sweep(self, now: float) -> None:
+        now_ms = math.ceil(now * 1000)
+        for key, bucket in list(self._buckets.items()):
+            bucket.leak(now_ms)
+            if bucket.count() == 0:
+                del self._buckets[key]
+        for key, until in list(self._paused.items()):
+            if until <= now:
+                del self._paused[key]
+        self._next_sweep = now + _SWEEP_EVERY
+
+    def bucket_count(self) -> int:
+        """Number of keys with a live bucket (for tests and stats)."""
+        with self._lock:
+            return len(self._buckets)

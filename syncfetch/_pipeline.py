@@ -1,0 +1,266 @@
+"""The attempt loop: slot -> token -> send -> retry decision -> backoff with the slot released."""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import logging
+import time
+import weakref
+from typing import Any
+from urllib.parse import urlsplit
+
+from requests import PreparedRequest, Response
+from requests.adapters import BaseAdapter
+from requests.exceptions import RequestException
+from requests.utils import rewind_body
+
+from . import _timing
+from ._body import consume_quietly, read_body
+from ._exceptions import DeadlineExceeded, RateLimitExceeded
+from ._limiter import KeyedLimiter
+from ._redact import safe_url
+from ._retry import (
+    RetryPolicy,
+    nothing_sent,
+    parse_retry_after,
+    replayable_body,
+    retryable_exception,
+)
+from ._slots import Lease, Slots
+from ._stats import StatsRecorder
+
+log = logging.getLogger("syncfetch")
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+SESSION_KEY = "*"
+
+
+@dataclasses.dataclass
+class Call:
+    """State of one user-facing call, shared by its redirect hops (same thread)."""
+
+    owner: object
+    deadline: float | None
+
+
+#: The call being sent on this thread; redirect hops find their call's deadline here.
+CURRENT_CALL: contextvars.ContextVar[Call | None] = contextvars.ContextVar(
+    "syncfetch_call", default=None
+)
+
+
+def bucket_key(url: str | None, per_host: bool) -> str:
+    """``scheme://host:port`` for per-host limits, ``"*"`` for one session-wide bucket."""
+    if not per_host or not url:
+        return SESSION_KEY
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return SESSION_KEY
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if port is None:
+        port = _DEFAULT_PORTS.get(scheme)
+    return f"{scheme}://{host}:{port}" if port is not None else f"{scheme}://{host}"
+
+
+def _attempt_timeout(timeout: Any, deadline: float | None) -> Any:
+    """Shrink the per-attempt timeout to the time left before the deadline."""
+    if deadline is None:
+        return timeout
+    left = max(deadline - time.monotonic(), 0.001)
+    if timeout is None:
+        return (left, left)
+    if isinstance(timeout, tuple):
+        connect, read = timeout
+        return (
+            left if connect is None else min(connect, left),
+            left if read is None else min(read, left),
+        )
+    return (min(timeout, left), min(timeout, left))
+
+
+def _hold_until_closed(resp: Response, lease: Lease) -> None:
+    """Keep a streamed response's slot until its connection is released or it is collected."""
+    raw = resp.raw
+    release_conn = getattr(raw, "release_conn", None)
+    if release_conn is not None:
+
+        def release_then_free() -> None:
+            try:
+                release_conn()
+            finally:
+                lease.release()
+
+        raw.release_conn = release_then_free
+    weakref.finalize(resp, lease.release)
+
+
+class Pipeline:
+    """Everything a session's attempts share: policy, limiter, slots, stats."""
+
+    def __init__(
+        self,
+        *,
+        policy: RetryPolicy,
+        limiter: KeyedLimiter | None,
+        slots: Slots,
+        per_host: bool,
+        max_wait: float | None,
+        stats: StatsRecorder,
+    ) -> None:
+        self.policy = policy
+        self.limiter = limiter
+        self.slots = slots
+        self.per_host = per_host
+        self.max_wait = max_wait
+        self.stats = stats
+
+    def after_fork(self) -> None:
+        for part in (self.limiter, self.slots, self.stats):
+            if part is not None:
+                part.after_fork()
+
+    def _admit(self, key: str, deadline: float | None) -> Lease:
+        """Take a slot, then a token, so the token is spent right before the send."""
+        start = time.monotonic()
+        limit = None if self.max_wait is None else start + self.max_wait
+        if deadline is not None:
+            limit = deadline if limit is None else min(limit, deadline)
+        lease = self.slots.acquire(None if limit is None else limit - start, key)
+        got_slot = time.monotonic()
+        try:
+            token_wait = self.limiter.acquire(key, limit) if self.limiter is not None else 0.0
+        except BaseException:
+            lease.release()
+            raise
+        self.stats.add(slot_wait=got_slot - start, token_wait=token_wait)
+        return lease
+
+    def send(self, adapter: BaseAdapter, request: PreparedRequest, **kwargs: Any) -> Response:
+        """Send ``request`` through ``adapter`` with limits and retries.
+
+        :param kwargs: the adapter's keyword arguments (``stream``, ``timeout``, ...).
+        """
+        call = CURRENT_CALL.get()
+        deadline = call.deadline if call is not None else None
+        policy = self.policy
+        key = bucket_key(request.url, self.per_host)
+        stream = bool(kwargs.get("stream"))
+        timeout = kwargs.pop("timeout", None)
+        replayable = replayable_body(request)
+        may_retry = replayable and policy.may_retry(request)
+        waits = policy.waits()
+        attempt = 0
+        last: Response | RequestException | None = None
+        self.stats.add(requests=1)
+        while True:
+            attempt += 1
+            if attempt > 1:
+                if request._body_position is not None:
+                    rewind_body(request)
+                self.stats.add(retries=1)
+            try:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise DeadlineExceeded(
+                        f"deadline of {policy.deadline} s passed", request=request
+                    )
+                lease = self._admit(key, deadline)
+            except RequestException as exc:
+                if isinstance(exc, RateLimitExceeded):
+                    self.stats.add(rate_limited=1)
+                if last is None:
+                    raise
+                return self._give_up(request, last, f"no capacity for a retry ({exc})")
+            self.stats.add(attempts=1)
+            started = time.monotonic()
+            try:
+                resp = adapter.send(request, timeout=_attempt_timeout(timeout, deadline), **kwargs)
+                resp._syncfetch_wire_time = time.monotonic() - started  # type: ignore[attr-defined]
+                if not stream:
+                    read_body(resp, deadline)
+            except Exception as exc:
+                lease.release()
+                self.stats.error(exc)
+                if not isinstance(exc, RequestException) or isinstance(exc, DeadlineExceeded):
+                    raise
+                can = replayable and ((may_retry and retryable_exception(exc)) or nothing_sent(exc))
+                if not can:
+                    raise
+                if attempt > policy.retries:
+                    return self._give_up(request, exc, "retries exhausted")
+                wait = policy.jittered(next(waits))
+                if not self._backoff(request, wait, deadline, attempt, type(exc).__name__):
+                    return self._give_up(request, exc, "deadline leaves no time for a retry")
+                last = exc
+                continue
+
+            status = resp.status_code
+            self.stats.status(status)
+            if status in policy.statuses and may_retry:
+                consume_quietly(resp)
+                lease.release()
+                if attempt > policy.retries:
+                    return self._give_up(request, resp, "retries exhausted")
+                wait = policy.jittered(next(waits))
+                retry_after = (
+                    parse_retry_after(resp.headers.get("Retry-After"))
+                    if policy.respect_retry_after
+                    else None
+                )
+                if retry_after is not None:
+                    if retry_after > policy.retry_after_max:
+                        return self._give_up(
+                            request, resp, f"Retry-After {retry_after:.0f} s > retry_after_max"
+                        )
+                    # The server's figure is not shortened by jitter.
+                    wait = retry_after
+                if not self._backoff(request, wait, deadline, attempt, str(status)):
+                    return self._give_up(request, resp, "deadline leaves no time for a retry")
+                last = resp
+                continue
+
+            if stream:
+                _hold_until_closed(resp, lease)
+            else:
+                lease.release()
+            return resp
+
+    def _backoff(
+        self, request: PreparedRequest, wait: float, deadline: float | None, attempt: int, why: str
+    ) -> bool:
+        """Sleep before the next attempt, holding no slot; False if the deadline forbids it."""
+        if deadline is not None and time.monotonic() + wait >= deadline:
+            return False
+        log.info(
+            "syncfetch: retrying %s %s in %.2f s (attempt %d failed: %s)",
+            request.method,
+            safe_url(request.url),
+            wait,
+            attempt,
+            why,
+            extra={"syncfetch_wait": wait, "syncfetch_attempt": attempt, "syncfetch_reason": why},
+        )
+        self.stats.add(backoff_wait=wait)
+        _timing.backoff_sleep(wait)
+        return True
+
+    def _give_up(
+        self, request: PreparedRequest, last: Response | RequestException, why: str
+    ) -> Response:
+        """End a call on its last retryable outcome: return the response, raise the error."""
+        self.stats.add(giveups=1)
+        outcome = last.status_code if isinstance(last, Response) else type(last).__name__
+        log.warning(
+            "syncfetch: giving up on %s %s: %s (last: %s)",
+            request.method,
+            safe_url(request.url),
+            why,
+            outcome,
+            extra={"syncfetch_reason": why},
+        )
+        if isinstance(last, Response):
+            return last
+        raise last

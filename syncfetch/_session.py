@@ -1,0 +1,313 @@
+"""``syncfetch.Session``: a ``requests.Session`` whose every attempt goes through the pipeline."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import warnings
+import weakref
+from collections import OrderedDict
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+import requests
+from requests import PreparedRequest, Response
+from requests.adapters import BaseAdapter, HTTPAdapter
+
+from ._limiter import KeyedLimiter
+from ._pipeline import CURRENT_CALL, Call, Pipeline
+from ._rates import LimitsArg, normalize_limits
+from ._retry import RetryPolicy
+from ._slots import Slots
+from ._stats import Stats, StatsRecorder
+
+
+class _Unset:
+    """Type of :data:`UNSET`."""
+
+    _instance: _Unset | None = None
+
+    def __new__(cls) -> _Unset:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "syncfetch.UNSET"
+
+    def __reduce__(self) -> str:
+        return "UNSET"
+
+
+#: "Argument not passed": lets ``timeout=None`` (no timeout) differ from no timeout given.
+UNSET: Any = _Unset()
+
+DEFAULT_TIMEOUT = (3.05, 30.0)
+# Jitter between taking a token and the request reaching the server (thread
+# scheduling, the server's own clock) must not make two windows overlap there.
+DEFAULT_MARGIN = 0.02
+
+
+def _check_timeout(timeout: Any) -> Any:
+    if timeout is None:
+        return None
+    values = timeout if isinstance(timeout, tuple) else (timeout,)
+    if len(values) not in (1, 2) or any(
+        v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0)
+        for v in values
+    ):
+        raise ValueError(
+            "timeout must be None, seconds > 0, or a (connect, read) tuple of them, "
+            f"not {timeout!r}"
+        )
+    return timeout
+
+
+class _GatedAdapter(BaseAdapter):
+    """Routes one call's sends through the pipeline; lives only for that call."""
+
+    def __init__(self, pipeline: Pipeline, adapter: BaseAdapter) -> None:
+        super().__init__()
+        self.pipeline = pipeline
+        self.adapter = adapter
+
+    def send(self, request: PreparedRequest, **kwargs: Any) -> Response:  # type: ignore[override]
+        return self.pipeline.send(self.adapter, request, **kwargs)
+
+    def close(self) -> None:
+        self.adapter.close()
+
+
+class Session(requests.Session):
+    """A drop-in :class:`requests.Session` that never exceeds its limits.
+
+    Every attempt on the wire, from any thread, takes a concurrency slot and then a
+    rate-limit token; retryable failures are retried with backoff, holding no slot
+    while they wait.
+
+    :param limits: ``"10/second"``, a :class:`pyrate_limiter.Rate`, or a list of them;
+        ``None`` for no rate limit. Rates that another rate already implies are dropped.
+    :param per_host: one bucket per ``scheme://host:port`` (``True``) or one for the
+        whole session (``False``).
+    :param max_concurrency: attempts in flight at once across all threads; also the
+        size of each connection pool.
+    :param retry: a :class:`RetryPolicy`, a number of retries, or ``None``/``0`` for none.
+    :param timeout: per-attempt timeout used when a call passes none: seconds or a
+        ``(connect, read)`` tuple; ``None`` for no timeout.
+    :param max_wait: longest a call waits for a slot or a token before raising
+        :class:`RateLimitExceeded`; ``None`` waits as long as the limits require.
+    :raises ValueError: for an invalid argument, naming it.
+    """
+
+    __attrs__ = [  # noqa: RUF012 - requests declares it as a plain list
+        *requests.Session.__attrs__,
+        "limits",
+        "per_host",
+        "max_concurrency",
+        "retry",
+        "timeout",
+        "max_wait",
+    ]
+
+    def __init__(
+        self,
+        limits: LimitsArg = None,
+        *,
+        per_host: bool = True,
+        max_concurrency: int = 10,
+        retry: RetryPolicy | int | None = RetryPolicy(),  # noqa: B008 - immutable value
+        timeout: Any = DEFAULT_TIMEOUT,
+        max_wait: float | None = None,
+    ) -> None:
+        if (
+            isinstance(max_concurrency, bool)
+            or not isinstance(max_concurrency, int)
+            or max_concurrency < 1
+        ):
+            raise ValueError(
+                f"max_concurrency must be a whole number >= 1, not {max_concurrency!r}"
+            )
+        if max_wait is not None and (
+            isinstance(max_wait, bool) or not isinstance(max_wait, (int, float)) or max_wait < 0
+        ):
+            raise ValueError(f"max_wait must be None or seconds >= 0, not {max_wait!r}")
+        rates = normalize_limits(limits)
+        policy = RetryPolicy.coerce(retry)
+        self.timeout = _check_timeout(timeout)
+        self.limits = rates
+        self.per_host = bool(per_host)
+        self.max_concurrency = max_concurrency
+        self.retry = policy
+        self.max_wait = max_wait
+        # mount() swaps self.adapters whole, so get_adapter never sees a half-built dict.
+        self._mount_lock = threading.Lock()
+        super().__init__()
+        for prefix in ("https://", "http://"):
+            self.mount(prefix, self._default_adapter())
+        self._build_pipeline()
+        _SESSIONS.add(self)
+
+    def _default_adapter(self) -> HTTPAdapter:
+        # pool_block stays False: the slots already cap connections per pool, and a
+        # blocking pool would wait for ever (requests passes no pool timeout).
+        return HTTPAdapter(pool_maxsize=self.max_concurrency, max_retries=0)
+
+    def _build_pipeline(self) -> None:
+        self._pipeline = Pipeline(
+            policy=self.retry,
+            limiter=KeyedLimiter(self.limits, margin=DEFAULT_MARGIN) if self.limits else None,
+            slots=Slots(self.max_concurrency),
+            per_host=self.per_host,
+            max_wait=self.max_wait,
+            stats=StatsRecorder(),
+        )
+
+    @property
+    def stats(self) -> Stats:
+        """A snapshot of this session's counters."""
+        return self._pipeline.stats.snapshot()
+
+    def request(  # type: ignore[override]
+        self,
+        method: str | bytes,
+        url: str | bytes,
+        params: Any = None,
+        data: Any = None,
+        headers: Any = None,
+        cookies: Any = None,
+        files: Any = None,
+        auth: Any = None,
+        timeout: Any = UNSET,
+        allow_redirects: bool = True,
+        proxies: Any = None,
+        hooks: Any = None,
+        stream: bool | None = None,
+        verify: Any = None,
+        cert: Any = None,
+        json: Any = None,
+    ) -> Response:
+        """Like :meth:`requests.Session.request`; a call passing no ``timeout`` gets the session's.
+
+        :returns: the response (after retries, the last one).
+        :raises RateLimitExceeded: when ``max_wait`` runs out before a slot or token.
+        """
+        return super().request(
+            method,  # type: ignore[arg-type]
+            url,
+            params,
+            data,
+            headers,
+            cookies,
+            files,
+            auth,
+            self.timeout if timeout is UNSET else timeout,
+            allow_redirects,
+            proxies,
+            hooks,
+            stream,
+            verify,
+            cert,
+            json,
+        )
+
+    def send(self, request: PreparedRequest, **kwargs: Any) -> Response:
+        """Like :meth:`requests.Session.send`, through the rate limit, slots and retries.
+
+        :returns: the response; ``elapsed`` is the last attempt's time on the wire.
+        """
+        kwargs.setdefault("timeout", self.timeout)
+        call = CURRENT_CALL.get()
+        token = None
+        if call is None or call.owner is not self:
+            deadline = self.retry.deadline
+            token = CURRENT_CALL.set(
+                Call(self, None if deadline is None else time.monotonic() + deadline)
+            )
+        try:
+            resp = super().send(request, **kwargs)
+        finally:
+            if token is not None:
+                CURRENT_CALL.reset(token)
+        wire = getattr(resp, "_syncfetch_wire_time", None)
+        if wire is not None:
+            resp.elapsed = timedelta(seconds=wire)
+        return resp
+
+    def get_adapter(self, url: str) -> BaseAdapter:
+        """Like :meth:`requests.Session.get_adapter`; inside a call, the adapter is gated."""
+        adapter = super().get_adapter(url)
+        call = CURRENT_CALL.get()
+        if call is not None and call.owner is self:
+            return _GatedAdapter(self._pipeline, adapter)
+        return adapter
+
+    def mount(self, prefix: str, adapter: BaseAdapter) -> None:
+        """Like :meth:`requests.Session.mount`, and safe while other threads send.
+
+        An adapter with urllib3 retries would retry behind the limiter's back, so
+        that draws a warning: use ``retry=`` instead.
+        """
+        retries = getattr(adapter, "max_retries", None)
+        if retries is not None and _counts_retries(retries):
+            warnings.warn(
+                f"adapter for {prefix!r} has urllib3 retries ({retries!r}); they bypass the "
+                "rate limit. Pass retry=... to syncfetch.Session instead.",
+                UserWarning,
+                stacklevel=2,
+            )
+        with self._mount_lock:
+            adapters: OrderedDict[str, BaseAdapter] = OrderedDict(self.adapters)
+            adapters[prefix] = adapter
+            # Longest prefixes first, as requests orders them.
+            for key in [k for k in adapters if len(k) < len(prefix)]:
+                adapters[key] = adapters.pop(key)
+            self.adapters = adapters
+
+    def __getstate__(self) -> dict[str, Any]:
+        return super().__getstate__()
+
+    def __setstate__(self, state: Mapping[str, Any]) -> None:
+        super().__setstate__(dict(state))
+        self._mount_lock = threading.Lock()
+        self._build_pipeline()
+        _SESSIONS.add(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: new locks, and connection pools not shared with the parent."""
+        self._mount_lock = threading.Lock()
+        self._pipeline.after_fork()
+        for adapter in self.adapters.values():
+            if isinstance(adapter, HTTPAdapter):
+                # Dropping (not closing) the parent's pools: closing a TLS socket could
+                # disturb the parent's use of the same connection.
+                adapter.init_poolmanager(
+                    adapter._pool_connections,
+                    adapter._pool_maxsize,
+                    block=adapter._pool_block,
+                )
+                adapter.proxy_manager = {}
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _counts_retries(retries: Any) -> bool:
+    total = getattr(retries, "total", 0)
+    if total is None:
+        return any(getattr(retries, name, 0) for name in ("connect", "read", "status", "other"))
+    return bool(total) and total is not False
+
+
+_SESSIONS: weakref.WeakSet[Session] = weakref.WeakSet()
+
+
+def _reinit_after_fork() -> None:
+    for session in list(_SESSIONS):
+        session._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_after_fork)
