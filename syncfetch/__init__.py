@@ -10,12 +10,12 @@ from ._timing import is_testing, set_testing
 __version__ = "0.1.0"
 
 __all__ = [
-    "UNSET",
     "DeadlineExceeded",
     "RateLimitExceeded",
     "RetryPolicy",
     "Session",
     "Stats",
+    "UNSET",
     "__version__",
     "is_testing",
     "parse_rate",

@@ -30,10 +30,10 @@ def read_body(resp: Response, deadline: float | None) -> None:
     :raises DeadlineExceeded: when the deadline passes before the body is complete.
     :raises requests.RequestException: as ``resp.content`` would raise it.
     """
-    if deadline is None or resp._content_consumed:
+    raw = resp.raw
+    if deadline is None or resp._content_consumed or not hasattr(raw, "read1"):
         resp.content  # noqa: B018
         return
-    raw = resp.raw
     chunks: list[bytes] = []
     try:
         while True:
