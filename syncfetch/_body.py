@@ -52,6 +52,10 @@ def read_body(resp: Response, deadline: float | None) -> None:
     except DecodeError as exc:
         raise ContentDecodingError(exc) from exc
     except ReadTimeoutError as exc:
+        if time.monotonic() >= deadline - 0.01:
+            raise DeadlineExceeded(
+                "deadline passed while reading the response body", response=resp
+            ) from exc
         # Same mapping as requests' iter_content, so callers see what they know.
         raise RequestsConnectionError(exc) from exc
     except SSLError as exc:

@@ -18,7 +18,7 @@ from requests.utils import rewind_body
 from . import _timing
 from ._body import consume_quietly, read_body
 from ._exceptions import DeadlineExceeded, RateLimitExceeded
-from ._limiter import KeyedLimiter
+from ._limiter import KeyedLimiter, Token
 from ._redact import safe_url
 from ._retry import (
     RetryPolicy,
@@ -123,7 +123,7 @@ class Pipeline:
             if part is not None:
                 part.after_fork()
 
-    def _admit(self, key: str, deadline: float | None) -> Lease:
+    def _admit(self, key: str, deadline: float | None) -> tuple[Lease, Token | None]:
         """Take a slot, then a token, so the token is spent right before the send."""
         start = time.monotonic()
         limit = None if self.max_wait is None else start + self.max_wait
@@ -132,12 +132,12 @@ class Pipeline:
         lease = self.slots.acquire(None if limit is None else limit - start, key)
         got_slot = time.monotonic()
         try:
-            token_wait = self.limiter.acquire(key, limit) if self.limiter is not None else 0.0
+            token = self.limiter.acquire(key, limit) if self.limiter is not None else None
         except BaseException:
             lease.release()
             raise
-        self.stats.add(slot_wait=got_slot - start, token_wait=token_wait)
-        return lease
+        self.stats.add(slot_wait=got_slot - start, token_wait=token.waited if token else 0.0)
+        return lease, token
 
     def send(self, adapter: BaseAdapter, request: PreparedRequest, **kwargs: Any) -> Response:
         """Send ``request`` through ``adapter`` with limits and retries.
@@ -167,7 +167,7 @@ class Pipeline:
                     raise DeadlineExceeded(
                         f"deadline of {policy.deadline} s passed", request=request
                     )
-                lease = self._admit(key, deadline)
+                lease, token = self._admit(key, deadline)
             except RequestException as exc:
                 if isinstance(exc, RateLimitExceeded):
                     self.stats.add(rate_limited=1)
@@ -177,7 +177,13 @@ class Pipeline:
             self.stats.add(attempts=1)
             started = time.monotonic()
             try:
-                resp = adapter.send(request, timeout=_attempt_timeout(timeout, deadline), **kwargs)
+                try:
+                    resp = adapter.send(
+                        request, timeout=_attempt_timeout(timeout, deadline), **kwargs
+                    )
+                finally:
+                    if token is not None:
+                        self.limiter.settle(token)  # type: ignore[union-attr]
                 resp._syncfetch_wire_time = time.monotonic() - started  # type: ignore[attr-defined]
                 if not stream:
                     read_body(resp, deadline)
@@ -253,14 +259,15 @@ class Pipeline:
         """End a call on its last retryable outcome: return the response, raise the error."""
         self.stats.add(giveups=1)
         outcome = last.status_code if isinstance(last, Response) else type(last).__name__
-        log.warning(
-            "syncfetch: giving up on %s %s: %s (last: %s)",
-            request.method,
-            safe_url(request.url),
-            why,
-            outcome,
-            extra={"syncfetch_reason": why},
-        )
+        if self.policy.retries:
+            log.warning(
+                "syncfetch: giving up on %s %s: %s (last: %s)",
+                request.method,
+                safe_url(request.url),
+                why,
+                outcome,
+                extra={"syncfetch_reason": why},
+            )
         if isinstance(last, Response):
             return last
         raise last

@@ -45,9 +45,9 @@ class _Unset:
 UNSET: Any = _Unset()
 
 DEFAULT_TIMEOUT = (3.05, 30.0)
-# Jitter between taking a token and the request reaching the server (thread
-# scheduling, the server's own clock) must not make two windows overlap there.
-DEFAULT_MARGIN = 0.02
+# Covers millisecond rounding of token times; the scheduling jitter between a token
+# and the server is covered by KeyedLimiter.settle.
+DEFAULT_MARGIN = 0.002
 
 
 def _check_timeout(timeout: Any) -> Any:
