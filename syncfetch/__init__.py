@@ -2,6 +2,7 @@
 
 from ._exceptions import DeadlineExceeded, RateLimitExceeded
 from ._rates import parse_rate
+from ._result import Result
 from ._retry import RetryPolicy
 from ._session import UNSET, Session
 from ._stats import Stats
@@ -12,6 +13,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DeadlineExceeded",
     "RateLimitExceeded",
+    "Result",
     "RetryPolicy",
     "Session",
     "Stats",

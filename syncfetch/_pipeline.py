@@ -42,6 +42,7 @@ class Call:
 
     owner: object
     deadline: float | None
+    attempts: int = 0
 
 
 #: The call being sent on this thread; redirect hops find their call's deadline here.
@@ -175,6 +176,8 @@ class Pipeline:
                     raise
                 return self._give_up(request, last, f"no capacity for a retry ({exc})")
             self.stats.add(attempts=1)
+            if call is not None:
+                call.attempts += 1
             started = time.monotonic()
             try:
                 try:

@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import threading
 import time
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future
 from datetime import timedelta
 from typing import Any
 
 import requests
-from requests import PreparedRequest, Response
+from requests import PreparedRequest, Request, Response
 from requests.adapters import BaseAdapter, HTTPAdapter
 
+from ._executor import BoundedExecutor
 from ._limiter import KeyedLimiter
 from ._pipeline import CURRENT_CALL, Call, Pipeline
 from ._rates import LimitsArg, normalize_limits
+from ._result import Result
 from ._retry import RetryPolicy
 from ._slots import Slots
 from ._stats import Stats, StatsRecorder
@@ -98,6 +103,8 @@ class Session(requests.Session):
         ``(connect, read)`` tuple; ``None`` for no timeout.
     :param max_wait: longest a call waits for a slot or a token before raising
         :class:`RateLimitExceeded`; ``None`` waits as long as the limits require.
+    :param max_workers: threads of the pool behind :meth:`submit` and :meth:`map`
+        (started on first use); defaults to ``max_concurrency``.
     :raises ValueError: for an invalid argument, naming it.
     """
 
@@ -109,6 +116,7 @@ class Session(requests.Session):
         "retry",
         "timeout",
         "max_wait",
+        "max_workers",
     ]
 
     def __init__(
@@ -120,6 +128,7 @@ class Session(requests.Session):
         retry: RetryPolicy | int | None = RetryPolicy(),  # noqa: B008 - immutable value
         timeout: Any = DEFAULT_TIMEOUT,
         max_wait: float | None = None,
+        max_workers: int | None = None,
     ) -> None:
         if (
             isinstance(max_concurrency, bool)
@@ -133,6 +142,10 @@ class Session(requests.Session):
             isinstance(max_wait, bool) or not isinstance(max_wait, (int, float)) or max_wait < 0
         ):
             raise ValueError(f"max_wait must be None or seconds >= 0, not {max_wait!r}")
+        if max_workers is not None and (not _is_count(max_workers) or max_workers < 1):
+            raise ValueError(
+                f"max_workers must be None or a whole number >= 1, not {max_workers!r}"
+            )
         rates = normalize_limits(limits)
         policy = RetryPolicy.coerce(retry)
         self.timeout = _check_timeout(timeout)
@@ -141,6 +154,7 @@ class Session(requests.Session):
         self.max_concurrency = max_concurrency
         self.retry = policy
         self.max_wait = max_wait
+        self.max_workers = max_concurrency if max_workers is None else max_workers
         # mount() swaps self.adapters whole, so get_adapter never sees a half-built dict.
         self._mount_lock = threading.Lock()
         super().__init__()
@@ -155,6 +169,8 @@ class Session(requests.Session):
         return HTTPAdapter(pool_maxsize=self.max_concurrency, max_retries=0)
 
     def _build_pipeline(self) -> None:
+        # Twice the workers: enough queued work that no worker idles between calls.
+        self._executor = BoundedExecutor(self.max_workers, max_pending=2 * self.max_workers)
         self._pipeline = Pipeline(
             policy=self.retry,
             limiter=KeyedLimiter(self.limits, margin=DEFAULT_MARGIN) if self.limits else None,
@@ -163,6 +179,69 @@ class Session(requests.Session):
             max_wait=self.max_wait,
             stats=StatsRecorder(),
         )
+
+    def submit(self, method: str, url: str, **kwargs: Any) -> Future[Response]:
+        """Run ``self.request(method, url, **kwargs)`` on the session's thread pool.
+
+        Blocks while ``2 * max_workers`` calls are already pending, so a loop of
+        submits cannot queue without bound.
+
+        :returns: a future of the response; its exception is the call's exception.
+        """
+        return self._executor.submit(self.request, method, url, **kwargs)
+
+    def map(
+        self,
+        items: Iterable[str | Request],
+        method: str = "GET",
+        *,
+        ordered: bool = True,
+        **kwargs: Any,
+    ) -> Iterator[Result]:
+        """Fetch every item on the thread pool, yielding one :class:`Result` per item.
+
+        Items are pulled lazily, at most ``2 * max_workers`` ahead of what has been
+        yielded, so a generator over millions of lines runs in constant memory. A
+        failed item is a result with ``error`` set; it never stops the batch. When
+        the loop ends early (``break``, an exception, Ctrl-C), items not yet started
+        are cancelled.
+
+        :param items: URL strings, or :class:`requests.Request` objects for per-item
+            method, headers and body.
+        :param method: method for URL-string items.
+        :param ordered: yield in input order (``True``) or as completed (``False``).
+        :param kwargs: request keyword arguments for every item (``timeout``, ``headers``...).
+        :returns: an iterator of results, one per item.
+        """
+        calls = (
+            functools.partial(self._run_item, index, item, method, kwargs)
+            for index, item in enumerate(items)
+        )
+        return self._executor.run_all(calls, ordered, window=self._executor.max_pending)
+
+    def _run_item(
+        self, index: int, item: str | Request, method: str, kwargs: dict[str, Any]
+    ) -> Result:
+        start = time.monotonic()
+        with self._call_scope() as call:
+            try:
+                if isinstance(item, str):
+                    resp = self.request(method, item, **kwargs)
+                elif isinstance(item, Request):
+                    url = item.url or ""
+                    resp = self.request(item.method or method, url, **_merge(item, kwargs))
+                else:
+                    raise TypeError(
+                        f"map() items must be URL strings or requests.Request, not {item!r}"
+                    )
+            except Exception as exc:
+                return Result(index, item, None, exc, call.attempts, time.monotonic() - start)
+        return Result(index, item, resp, None, call.attempts, time.monotonic() - start)
+
+    def close(self) -> None:
+        """Cancel pool work not yet started, wait for running calls, close connections."""
+        self._executor.shutdown()
+        super().close()
 
     @property
     def stats(self) -> Stats:
@@ -218,22 +297,27 @@ class Session(requests.Session):
         :returns: the response; ``elapsed`` is the last attempt's time on the wire.
         """
         kwargs.setdefault("timeout", self.timeout)
-        call = CURRENT_CALL.get()
-        token = None
-        if call is None or call.owner is not self:
-            deadline = self.retry.deadline
-            token = CURRENT_CALL.set(
-                Call(self, None if deadline is None else time.monotonic() + deadline)
-            )
-        try:
+        with self._call_scope():
             resp = super().send(request, **kwargs)
-        finally:
-            if token is not None:
-                CURRENT_CALL.reset(token)
         wire = getattr(resp, "_syncfetch_wire_time", None)
         if wire is not None:
             resp.elapsed = timedelta(seconds=wire)
         return resp
+
+    @contextlib.contextmanager
+    def _call_scope(self) -> Iterator[Call]:
+        """The current call on this thread, or a new one (its deadline starts now)."""
+        call = CURRENT_CALL.get()
+        if call is not None and call.owner is self:
+            yield call
+            return
+        deadline = self.retry.deadline
+        call = Call(self, None if deadline is None else time.monotonic() + deadline)
+        token = CURRENT_CALL.set(call)
+        try:
+            yield call
+        finally:
+            CURRENT_CALL.reset(token)
 
     def get_adapter(self, url: str) -> BaseAdapter:
         """Like :meth:`requests.Session.get_adapter`; inside a call, the adapter is gated."""
@@ -277,6 +361,7 @@ class Session(requests.Session):
     def _after_fork(self) -> None:
         """In a forked child: new locks, and connection pools not shared with the parent."""
         self._mount_lock = threading.Lock()
+        self._executor.after_fork()
         self._pipeline.after_fork()
         for adapter in self.adapters.values():
             if isinstance(adapter, HTTPAdapter):
@@ -288,6 +373,20 @@ class Session(requests.Session):
                     block=adapter._pool_block,
                 )
                 adapter.proxy_manager = {}
+
+
+def _merge(item: Request, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments for one Request item: its own fields win over the batch's."""
+    merged = dict(kwargs)
+    for name in ("params", "data", "cookies", "files", "auth", "json"):
+        value = getattr(item, name)
+        if value:
+            merged[name] = value
+    if item.headers:
+        merged["headers"] = {**(kwargs.get("headers") or {}), **item.headers}
+    if any(item.hooks.values()):
+        merged["hooks"] = item.hooks
+    return merged
 
 
 def _is_count(value: Any) -> bool:

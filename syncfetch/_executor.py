@@ -1,0 +1,91 @@
+"""The bounded thread pool behind ``Session.submit`` and ``Session.map``."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class BoundedExecutor:
+    """A lazily started thread pool that never holds more than ``max_pending`` calls.
+
+    ``ThreadPoolExecutor`` queues without bound; here ``submit`` blocks once
+    ``max_pending`` calls are queued or running, so a producer cannot outrun the
+    workers by more than that.
+    """
+
+    def __init__(self, max_workers: int, max_pending: int) -> None:
+        self.max_workers = max_workers
+        self.max_pending = max_pending
+        self._reset()
+
+    def _reset(self) -> None:
+        # _lock guards _pool (creation and shutdown); _gate counts pending calls.
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._gate = threading.Semaphore(self.max_pending)
+
+    def after_fork(self) -> None:
+        """Forget the parent's pool in a forked child: its threads do not exist here."""
+        self._reset()
+
+    def _get_pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="syncfetch")
+            return self._pool
+
+    def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
+        """Schedule ``fn``; blocks while ``max_pending`` calls are already pending."""
+        pool = self._get_pool()
+        self._gate.acquire()
+        try:
+            future = pool.submit(fn, *args, **kwargs)
+        except BaseException:
+            self._gate.release()
+            raise
+        future.add_done_callback(lambda _: self._gate.release())
+        return future
+
+    def shutdown(self) -> None:
+        """Cancel what has not started and wait for running calls (bounded by their timeouts)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def run_all(self, calls: Iterable[Callable[[], T]], ordered: bool, window: int) -> Iterator[T]:
+        """Run each call of a lazy iterable, at most ``window`` ahead of the consumer.
+
+        The calls themselves must not raise (``map`` wraps errors into results). If
+        the consumer stops (``break``, ``close()``, Ctrl-C), queued calls are cancelled
+        and running ones finish on their own, bounded by their timeouts.
+        """
+        pending: deque[Future[T]] = deque()
+        source = iter(calls)
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(pending) < window:
+                    call = next(source, None)
+                    if call is None:
+                        exhausted = True
+                    else:
+                        pending.append(self.submit(call))
+                if not pending:
+                    return
+                if ordered:
+                    yield pending.popleft().result()
+                else:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in [f for f in pending if f in done]:
+                        pending.remove(future)
+                        yield future.result()
+        finally:
+            for future in pending:
+                future.cancel()
