@@ -1,6 +1,6 @@
 """syncfetch: requests that never exceed a rate limit, from any number of threads."""
 
-from ._exceptions import DeadlineExceeded, RateLimitExceeded
+from ._exceptions import BackendUnavailable, DeadlineExceeded, RateLimitExceeded
 from ._rates import parse_rate
 from ._result import Result
 from ._retry import RetryPolicy
@@ -11,6 +11,7 @@ from ._timing import is_testing, set_testing
 __version__ = "0.1.0"
 
 __all__ = [
+    "BackendUnavailable",
     "DeadlineExceeded",
     "RateLimitExceeded",
     "Result",

@@ -40,3 +40,11 @@ class DeadlineExceeded(Timeout):
     A subclass of :class:`requests.Timeout`, so code that already catches
     timeouts handles it unchanged.
     """
+
+
+class BackendUnavailable(RequestException):
+    """The shared rate-limit backend (SQLite, Redis) could not be reached.
+
+    Raised before anything is sent, so the limit is never silently exceeded. Pass
+    ``on_backend_error="fallback"`` to limit per process while the backend is down.
+    """

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from operator import attrgetter
+from typing import Any, Protocol
 
 from pyrate_limiter import InMemoryBucket, Rate, RateItem
 
@@ -28,17 +29,52 @@ _by_timestamp = attrgetter("timestamp")
 
 @dataclasses.dataclass
 class Token:
-    """A token taken for one attempt; :meth:`KeyedLimiter.settle` moves it to the send time."""
+    """A token taken for one attempt; ``settle`` re-dates it once the request has arrived.
+
+    :ivar key: the bucket key.
+    :ivar handle: what the limiter needs to find the token again (backend-specific).
+    :ivar waited: seconds the caller waited for it.
+    """
 
     key: str
-    item: RateItem
+    handle: Any
     waited: float
+
+
+class Limiter(Protocol):
+    """What the pipeline needs from a limiter; one per session, shared by its threads.
+
+    Implementations: :class:`KeyedLimiter` (one process), the SQLite and Redis
+    limiters (shared by processes). Every method is thread-safe.
+    """
+
+    def acquire(self, key: str, deadline: float | None) -> Token:
+        """Take a token for ``key``, or raise ``RateLimitExceeded`` at once if the wait
+        would pass ``deadline`` (a ``time.monotonic()`` value; ``None`` = no bound)."""
+        ...
+
+    def settle(self, token: Token) -> None:
+        """Re-date ``token`` to now (capped): its request has reached the server."""
+        ...
+
+    def pause(self, key: str, seconds: float) -> None:
+        """Hold back every token for ``key`` for ``seconds`` (the server asked us to wait)."""
+        ...
+
+    def after_fork(self) -> None:
+        """Make the limiter usable in a forked child (new locks, connections, threads)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and files."""
+        ...
 
 
 class KeyedLimiter:
     """One in-memory bucket per key, all with the same rates.
 
-    :param rates: binding rates, as returned by ``normalize_limits`` (non-empty).
+    :param rates: binding rates, as returned by ``normalize_limits``; with none, only
+        pauses are enforced.
     :param margin: seconds added to every window, to absorb the scheduling jitter
         between taking a token and the request reaching the server.
     :param clock: monotonic clock in seconds (injectable for tests).
@@ -53,12 +89,10 @@ class KeyedLimiter:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        if not rates:
-            raise ValueError("KeyedLimiter needs at least one rate")
         margin_ms = int(margin * 1000)
         self.rates = [Rate(r.limit, r.interval + margin_ms) for r in rates]
         # A token is re-dated by at most a tenth of the shortest window, and 100 ms.
-        self._settle_cap_ms = min(100, self.rates[0].interval // 10)
+        self._settle_cap_ms = min(100, self.rates[0].interval // 10) if rates else 0
         self._clock = clock
         self._sleep = sleep
         # _lock guards _buckets, _paused, _next_sweep and every bucket put/leak, so a
@@ -88,6 +122,9 @@ class KeyedLimiter:
     def after_fork(self) -> None:
         """Replace the lock in a forked child: the parent may have held it at fork time."""
         self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Nothing to release: the buckets live in this process's memory."""
 
     def pause(self, key: str, seconds: float) -> None:
         """Hold back every token for ``key`` for ``seconds`` (a server asked us to wait)."""
@@ -132,7 +169,7 @@ class KeyedLimiter:
         the token then keeps our windows at or behind the server's. The cap bounds
         what a slow server costs in throughput.
         """
-        item = token.item
+        item: RateItem = token.handle
         new = min(math.ceil(self._clock() * 1000), item.timestamp + self._settle_cap_ms)
         if new <= item.timestamp:
             return
@@ -151,6 +188,8 @@ class KeyedLimiter:
 
     def _try_take(self, key: str, item: RateItem) -> float:
         """Put ``item`` in ``key``'s bucket; return 0 on success or the seconds to wait."""
+        if not self.rates:
+            return 0.0
         if item.timestamp >= self._next_sweep * 1000:
             self._sweep(item.timestamp / 1000)
         bucket = self._buckets.get(key)

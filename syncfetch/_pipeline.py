@@ -18,7 +18,7 @@ from requests.utils import rewind_body
 from . import _timing
 from ._body import consume_quietly, read_body
 from ._exceptions import DeadlineExceeded, RateLimitExceeded
-from ._limiter import KeyedLimiter, Token
+from ._limiter import Limiter, Token
 from ._redact import safe_url
 from ._retry import (
     RetryPolicy,
@@ -106,7 +106,7 @@ class Pipeline:
         self,
         *,
         policy: RetryPolicy,
-        limiter: KeyedLimiter | None,
+        limiter: Limiter,
         slots: Slots,
         per_host: bool,
         max_wait: float | None,
@@ -121,10 +121,9 @@ class Pipeline:
 
     def after_fork(self) -> None:
         for part in (self.limiter, self.slots, self.stats):
-            if part is not None:
-                part.after_fork()
+            part.after_fork()
 
-    def _admit(self, key: str, deadline: float | None) -> tuple[Lease, Token | None]:
+    def _admit(self, key: str, deadline: float | None) -> tuple[Lease, Token]:
         """Take a slot, then a token, so the token is spent right before the send."""
         start = time.monotonic()
         limit = None if self.max_wait is None else start + self.max_wait
@@ -133,11 +132,11 @@ class Pipeline:
         lease = self.slots.acquire(None if limit is None else limit - start, key)
         got_slot = time.monotonic()
         try:
-            token = self.limiter.acquire(key, limit) if self.limiter is not None else None
+            token = self.limiter.acquire(key, limit)
         except BaseException:
             lease.release()
             raise
-        self.stats.add(slot_wait=got_slot - start, token_wait=token.waited if token else 0.0)
+        self.stats.add(slot_wait=got_slot - start, token_wait=token.waited)
         return lease, token
 
     def send(self, adapter: BaseAdapter, request: PreparedRequest, **kwargs: Any) -> Response:
@@ -185,8 +184,7 @@ class Pipeline:
                         request, timeout=_attempt_timeout(timeout, deadline), **kwargs
                     )
                 finally:
-                    if token is not None:
-                        self.limiter.settle(token)  # type: ignore[union-attr]
+                    self.limiter.settle(token)
                 resp._syncfetch_wire_time = time.monotonic() - started  # type: ignore[attr-defined]
                 if not stream:
                     read_body(resp, deadline)

@@ -19,8 +19,8 @@ import requests
 from requests import PreparedRequest, Request, Response
 from requests.adapters import BaseAdapter, HTTPAdapter
 
+from ._backends import make_limiter
 from ._executor import BoundedExecutor
-from ._limiter import KeyedLimiter
 from ._pipeline import CURRENT_CALL, Call, Pipeline
 from ._rates import LimitsArg, normalize_limits
 from ._result import Result
@@ -105,6 +105,11 @@ class Session(requests.Session):
         :class:`RateLimitExceeded`; ``None`` waits as long as the limits require.
     :param max_workers: threads of the pool behind :meth:`submit` and :meth:`map`
         (started on first use); defaults to ``max_concurrency``.
+    :param backend: where buckets live: ``"memory"`` (this process),
+        ``"sqlite:///path.db"`` (processes of one machine), ``"redis://host:port/db"``
+        or a ``redis.Redis`` client (many machines).
+    :param on_backend_error: ``"raise"`` to fail calls with :class:`BackendUnavailable`
+        while a shared backend is unreachable, ``"fallback"`` to limit per process meanwhile.
     :raises ValueError: for an invalid argument, naming it.
     """
 
@@ -117,6 +122,8 @@ class Session(requests.Session):
         "timeout",
         "max_wait",
         "max_workers",
+        "backend",
+        "on_backend_error",
     ]
 
     def __init__(
@@ -129,6 +136,8 @@ class Session(requests.Session):
         timeout: Any = DEFAULT_TIMEOUT,
         max_wait: float | None = None,
         max_workers: int | None = None,
+        backend: Any = "memory",
+        on_backend_error: str = "raise",
     ) -> None:
         if (
             isinstance(max_concurrency, bool)
@@ -155,6 +164,8 @@ class Session(requests.Session):
         self.retry = policy
         self.max_wait = max_wait
         self.max_workers = max_concurrency if max_workers is None else max_workers
+        self.backend = backend
+        self.on_backend_error = on_backend_error
         # mount() swaps self.adapters whole, so get_adapter never sees a half-built dict.
         self._mount_lock = threading.Lock()
         super().__init__()
@@ -173,7 +184,12 @@ class Session(requests.Session):
         self._executor = BoundedExecutor(self.max_workers, max_pending=2 * self.max_workers)
         self._pipeline = Pipeline(
             policy=self.retry,
-            limiter=KeyedLimiter(self.limits, margin=DEFAULT_MARGIN) if self.limits else None,
+            limiter=make_limiter(
+                self.backend,
+                self.limits,
+                margin=DEFAULT_MARGIN,
+                on_backend_error=self.on_backend_error,
+            ),
             slots=Slots(self.max_concurrency),
             per_host=self.per_host,
             max_wait=self.max_wait,
@@ -241,6 +257,7 @@ class Session(requests.Session):
     def close(self) -> None:
         """Cancel pool work not yet started, wait for running calls, close connections."""
         self._executor.shutdown()
+        self._pipeline.limiter.close()
         super().close()
 
     @property

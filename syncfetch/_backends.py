@@ -1,0 +1,52 @@
+"""Choosing a limiter from the ``backend`` argument of :class:`Session`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyrate_limiter import Rate
+
+from ._limiter import KeyedLimiter, Limiter
+
+BACKEND_FORMS = (
+    '"memory", "sqlite:///path/to/limits.db", "redis://host:port/db" '
+    "(also rediss:// and unix://), or a redis.Redis client"
+)
+
+ON_BACKEND_ERROR = ("raise", "fallback")
+
+
+def make_limiter(
+    backend: Any, rates: list[Rate], *, margin: float, on_backend_error: str
+) -> Limiter:
+    """Build the limiter for a backend spec.
+
+    :param backend: see :data:`BACKEND_FORMS`.
+    :param rates: the session's binding rates (possibly empty: pauses only).
+    :param margin: seconds added to every window (clock rounding).
+    :param on_backend_error: ``"raise"`` (a call fails with ``BackendUnavailable``
+        while the backend is unreachable) or ``"fallback"`` (limit per process in
+        memory meanwhile, with a warning).
+    :raises ValueError: for an unknown backend or policy, naming it.
+    """
+    if on_backend_error not in ON_BACKEND_ERROR:
+        raise ValueError(
+            f"on_backend_error must be one of {ON_BACKEND_ERROR}, not {on_backend_error!r}"
+        )
+    if backend is None or backend == "memory":
+        return KeyedLimiter(rates, margin=margin)
+    if isinstance(backend, str) and backend.startswith("sqlite:///"):
+        from ._sqlite_limiter import SQLiteLimiter
+
+        return SQLiteLimiter(
+            backend[len("sqlite:///") :], rates, margin=margin, on_backend_error=on_backend_error
+        )
+    if isinstance(backend, str) and backend.startswith(("redis://", "rediss://", "unix://")):
+        from ._redis_limiter import RedisLimiter
+
+        return RedisLimiter(backend, rates, margin=margin, on_backend_error=on_backend_error)
+    if type(backend).__module__.startswith("redis"):
+        from ._redis_limiter import RedisLimiter
+
+        return RedisLimiter(backend, rates, margin=margin, on_backend_error=on_backend_error)
+    raise ValueError(f"unknown backend {backend!r}: expected {BACKEND_FORMS}")
