@@ -1,5 +1,6 @@
 """syncfetch: requests that never exceed a rate limit, from any number of threads."""
 
+from ._budget import RetryBudget
 from ._exceptions import BackendUnavailable, DeadlineExceeded, RateLimitExceeded
 from ._rates import parse_rate
 from ._result import Result
@@ -15,6 +16,7 @@ __all__ = [
     "DeadlineExceeded",
     "RateLimitExceeded",
     "Result",
+    "RetryBudget",
     "RetryPolicy",
     "Session",
     "Stats",

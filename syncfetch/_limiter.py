@@ -61,6 +61,10 @@ class Limiter(Protocol):
         """Hold back every token for ``key`` for ``seconds`` (the server asked us to wait)."""
         ...
 
+    def paused_for(self, key: str) -> float:
+        """Seconds left of a pause on ``key`` (0 when there is none)."""
+        ...
+
     def after_fork(self) -> None:
         """Make the limiter usable in a forked child (new locks, connections, threads)."""
         ...
@@ -132,6 +136,11 @@ class KeyedLimiter:
         with self._lock:
             if until > self._paused.get(key, 0.0):
                 self._paused[key] = until
+
+    def paused_for(self, key: str) -> float:
+        """Seconds left of a pause on ``key`` (0 when there is none)."""
+        with self._lock:
+            return max(0.0, self._paused.get(key, 0.0) - self._clock())
 
     def acquire(self, key: str, deadline: float | None) -> Token:
         """Take one token for ``key``, waiting as the rates require.

@@ -17,7 +17,9 @@ from requests.utils import rewind_body
 
 from . import _timing
 from ._body import consume_quietly, read_body
+from ._budget import BudgetTracker
 from ._exceptions import DeadlineExceeded, RateLimitExceeded
+from ._feedback import is_throttle, server_wait
 from ._limiter import Limiter, Token
 from ._redact import safe_url
 from ._retry import (
@@ -111,8 +113,11 @@ class Pipeline:
         per_host: bool,
         max_wait: float | None,
         stats: StatsRecorder,
+        rate_limit_headers: bool = True,
     ) -> None:
         self.policy = policy
+        self.rate_limit_headers = rate_limit_headers
+        self.budget = BudgetTracker(policy.budget) if policy.budget is not None else None
         self.limiter = limiter
         self.slots = slots
         self.per_host = per_host
@@ -120,23 +125,38 @@ class Pipeline:
         self.stats = stats
 
     def after_fork(self) -> None:
-        for part in (self.limiter, self.slots, self.stats):
-            part.after_fork()
+        for part in (self.limiter, self.slots, self.stats, self.budget):
+            if part is not None:
+                part.after_fork()
 
     def _admit(self, key: str, deadline: float | None) -> tuple[Lease, Token]:
-        """Take a slot, then a token, so the token is spent right before the send."""
+        """Wait out a pause, then take a slot, then a token, so the token is spent right
+        before the send and no slot is held through a server-requested pause."""
         start = time.monotonic()
         limit = None if self.max_wait is None else start + self.max_wait
         if deadline is not None:
             limit = deadline if limit is None else min(limit, deadline)
-        lease = self.slots.acquire(None if limit is None else limit - start, key)
+        paused = self.limiter.paused_for(key)
+        if paused > 0:
+            if paused > self.policy.retry_after_max or (
+                limit is not None and start + paused > limit
+            ):
+                raise RateLimitExceeded(
+                    f"{key} is paused for {paused:.1f} s at the server's request",
+                    key=key,
+                    retry_after=paused,
+                )
+            time.sleep(paused)
+            self.stats.add(cooldown_wait=paused)
+        before_slot = time.monotonic()
+        lease = self.slots.acquire(None if limit is None else limit - before_slot, key)
         got_slot = time.monotonic()
         try:
             token = self.limiter.acquire(key, limit)
         except BaseException:
             lease.release()
             raise
-        self.stats.add(slot_wait=got_slot - start, token_wait=token.waited)
+        self.stats.add(slot_wait=got_slot - before_slot, token_wait=token.waited)
         return lease, token
 
     def send(self, adapter: BaseAdapter, request: PreparedRequest, **kwargs: Any) -> Response:
@@ -156,6 +176,8 @@ class Pipeline:
         attempt = 0
         last: Response | RequestException | None = None
         self.stats.add(requests=1)
+        if self.budget is not None:
+            self.budget.record_request(key)
         while True:
             attempt += 1
             if attempt > 1:
@@ -186,6 +208,7 @@ class Pipeline:
                 finally:
                     self.limiter.settle(token)
                 resp._syncfetch_wire_time = time.monotonic() - started  # type: ignore[attr-defined]
+                self._listen(key, resp)
                 if not stream:
                     read_body(resp, deadline)
             except Exception as exc:
@@ -196,8 +219,9 @@ class Pipeline:
                 can = replayable and ((may_retry and retryable_exception(exc)) or nothing_sent(exc))
                 if not can:
                     raise
-                if attempt > policy.retries:
-                    return self._give_up(request, exc, "retries exhausted")
+                why = self._why_not_retry(key, attempt)
+                if why:
+                    return self._give_up(request, exc, why)
                 wait = policy.jittered(next(waits))
                 if not self._backoff(request, wait, deadline, attempt, type(exc).__name__):
                     return self._give_up(request, exc, "deadline leaves no time for a retry")
@@ -206,34 +230,68 @@ class Pipeline:
 
             status = resp.status_code
             self.stats.status(status)
-            if status in policy.statuses and may_retry:
-                consume_quietly(resp)
-                lease.release()
-                if attempt > policy.retries:
-                    return self._give_up(request, resp, "retries exhausted")
-                wait = policy.jittered(next(waits))
-                retry_after = (
-                    parse_retry_after(resp.headers.get("Retry-After"))
-                    if policy.respect_retry_after
-                    else None
-                )
-                if retry_after is not None:
-                    if retry_after > policy.retry_after_max:
-                        return self._give_up(
-                            request, resp, f"Retry-After {retry_after:.0f} s > retry_after_max"
-                        )
-                    # The server's figure is not shortened by jitter.
-                    wait = retry_after
-                if not self._backoff(request, wait, deadline, attempt, str(status)):
-                    return self._give_up(request, resp, "deadline leaves no time for a retry")
-                last = resp
-                continue
+            retryable = status in policy.statuses or (
+                429 in policy.statuses and is_throttle(status, resp.headers)
+            )
+            if not (retryable and may_retry):
+                if stream:
+                    _hold_until_closed(resp, lease)
+                else:
+                    lease.release()
+                return resp
 
-            if stream:
-                _hold_until_closed(resp, lease)
-            else:
-                lease.release()
-            return resp
+            consume_quietly(resp)
+            lease.release()
+            why = self._why_not_retry(key, attempt)
+            if why:
+                return self._give_up(request, resp, why)
+            wait = policy.jittered(next(waits))
+            retry_after = (
+                parse_retry_after(resp.headers.get("Retry-After"))
+                if policy.respect_retry_after
+                else None
+            )
+            if retry_after is not None:
+                if retry_after > policy.retry_after_max:
+                    return self._give_up(
+                        request, resp, f"Retry-After {retry_after:.0f} s > retry_after_max"
+                    )
+                # The server's figure is not shortened by jitter.
+                wait = retry_after
+            if not self._backoff(request, wait, deadline, attempt, str(status)):
+                return self._give_up(request, resp, "deadline leaves no time for a retry")
+            last = resp
+
+    def _why_not_retry(self, key: str, attempt: int) -> str:
+        """Why the attempt just failed may not be retried ("" when it may)."""
+        if attempt > self.policy.retries:
+            return "retries exhausted"
+        if self.budget is not None and not self.budget.try_spend(key):
+            self.stats.add(budget_exhausted=1)
+            return "retry budget spent"
+        return ""
+
+    def _listen(self, key: str, resp: Response) -> None:
+        """Pause the whole key when the response asks for a wait (Retry-After, spent quota)."""
+        policy = self.policy
+        wait, why = server_wait(
+            resp.status_code,
+            resp.headers,
+            retry_after=policy.respect_retry_after,
+            quota=self.rate_limit_headers,
+        )
+        if wait is None or wait <= 0:
+            return
+        wait = min(wait, policy.retry_after_max)
+        self.limiter.pause(key, wait)
+        self.stats.add(cooldowns=1)
+        log.info(
+            "syncfetch: pausing every request to %s for %.2f s: %s",
+            key,
+            wait,
+            why,
+            extra={"syncfetch_pause": wait, "syncfetch_key": key, "syncfetch_reason": why},
+        )
 
     def _backoff(
         self, request: PreparedRequest, wait: float, deadline: float | None, attempt: int, why: str

@@ -18,6 +18,8 @@ from urllib3.exceptions import (
     NewConnectionError,
 )
 
+from ._budget import RetryBudget
+
 #: RFC 9110 section 9.2.2: the methods a client may repeat without changing the outcome.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -40,8 +42,11 @@ class RetryPolicy:
     :param deadline: total seconds for a call across all attempts and waits; ``None``
         leaves it unbounded (each attempt still has its timeout).
     :param respect_retry_after: wait as long as a ``Retry-After`` header asks.
-    :param retry_after_max: longest ``Retry-After`` worth waiting for; a longer one ends
-        the call at once with that response.
+    :param retry_after_max: longest wait a server may ask for (``Retry-After``, a spent
+        quota); a longer one ends the call at once with that response, or raises
+        :class:`RateLimitExceeded` before sending.
+    :param budget: retries allowed across the session's threads, per bucket key, as a
+        share of recent calls (:class:`RetryBudget`); ``None`` for no budget.
     """
 
     retries: int = 3
@@ -54,6 +59,7 @@ class RetryPolicy:
     deadline: float | None = None
     respect_retry_after: bool = True
     retry_after_max: float = 60.0
+    budget: RetryBudget | None = RetryBudget()  # noqa: RUF009 - immutable value
 
     def __post_init__(self) -> None:
         if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:

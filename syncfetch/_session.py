@@ -110,6 +110,8 @@ class Session(requests.Session):
         or a ``redis.Redis`` client (many machines).
     :param on_backend_error: ``"raise"`` to fail calls with :class:`BackendUnavailable`
         while a shared backend is unreachable, ``"fallback"`` to limit per process meanwhile.
+    :param rate_limit_headers: pause a bucket key when a response's ``RateLimit`` or
+        ``X-RateLimit-*`` headers report its quota spent, until the reset they give.
     :raises ValueError: for an invalid argument, naming it.
     """
 
@@ -124,6 +126,7 @@ class Session(requests.Session):
         "max_workers",
         "backend",
         "on_backend_error",
+        "rate_limit_headers",
     ]
 
     def __init__(
@@ -138,6 +141,7 @@ class Session(requests.Session):
         max_workers: int | None = None,
         backend: Any = "memory",
         on_backend_error: str = "raise",
+        rate_limit_headers: bool = True,
     ) -> None:
         if (
             isinstance(max_concurrency, bool)
@@ -166,6 +170,7 @@ class Session(requests.Session):
         self.max_workers = max_concurrency if max_workers is None else max_workers
         self.backend = backend
         self.on_backend_error = on_backend_error
+        self.rate_limit_headers = bool(rate_limit_headers)
         # mount() swaps self.adapters whole, so get_adapter never sees a half-built dict.
         self._mount_lock = threading.Lock()
         super().__init__()
@@ -194,6 +199,7 @@ class Session(requests.Session):
             per_host=self.per_host,
             max_wait=self.max_wait,
             stats=StatsRecorder(),
+            rate_limit_headers=self.rate_limit_headers,
         )
 
     def submit(self, method: str, url: str, **kwargs: Any) -> Future[Response]:

@@ -22,6 +22,10 @@ class Stats:
     :ivar token_wait: seconds spent waiting for rate-limit tokens, summed over threads.
     :ivar slot_wait: seconds spent waiting for a concurrency slot, summed over threads.
     :ivar backoff_wait: seconds of backoff and ``Retry-After`` waits, summed over threads.
+    :ivar cooldowns: times a response paused its whole bucket key (``Retry-After`` on
+        429/503, or rate-limit headers reporting a spent quota).
+    :ivar cooldown_wait: seconds calls waited for such pauses, summed over threads.
+    :ivar budget_exhausted: retries refused because the retry budget was spent.
     :ivar errors: failed attempts by exception type name.
     :ivar statuses: responses received by status code, retried ones included.
     """
@@ -35,6 +39,9 @@ class Stats:
     token_wait: float = 0.0
     slot_wait: float = 0.0
     backoff_wait: float = 0.0
+    cooldowns: int = 0
+    cooldown_wait: float = 0.0
+    budget_exhausted: int = 0
     errors: MappingProxyType[str, int] = dataclasses.field(
         default_factory=lambda: MappingProxyType({})
     )

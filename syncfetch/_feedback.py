@@ -1,0 +1,105 @@
+"""What a response says about when to send next: Retry-After and rate-limit headers."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+
+from ._retry import parse_retry_after
+
+#: Statuses whose ``Retry-After`` pauses the whole bucket key, not just the one request.
+COOLDOWN_STATUSES = frozenset({429, 503})
+
+# A reset above this is an epoch time, below it a delay: 1e9 s is September 2001,
+# while no provider asks for a delay of 30 years. Epoch milliseconds are above 1e12.
+_EPOCH_SECONDS = 1e9
+_EPOCH_MILLIS = 1e12
+
+# draft-ietf-httpapi-ratelimit-headers (draft 7 on): RateLimit: "policy";r=0;t=30
+_PARAM = re.compile(r';\s*([a-z]+)\s*=\s*("[^"]*"|[^;,\s]+)')
+
+
+def _number(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value.strip().strip('"'))
+    except ValueError:
+        return None
+    return number if number >= 0 and number == number and number != float("inf") else None
+
+
+def reset_delay(value: str | None, now: float | None = None) -> float | None:
+    """Seconds until a reset given as delta seconds, epoch seconds or epoch milliseconds."""
+    number = _number(value)
+    if number is None:
+        return None
+    if number >= _EPOCH_SECONDS:
+        now = time.time() if now is None else now
+        epoch = number / 1000 if number >= _EPOCH_MILLIS else number
+        return max(0.0, epoch - now)
+    return number
+
+
+def _structured_ratelimit(value: str) -> float | None:
+    """Wait from ``RateLimit: "name";r=0;t=3`` (IETF draft): ``t`` when any ``r`` is 0."""
+    longest: float | None = None
+    for member in value.split(","):
+        params = dict(_PARAM.findall(member))
+        remaining, reset = _number(params.get("r")), _number(params.get("t"))
+        if remaining == 0 and reset is not None:
+            longest = reset if longest is None else max(longest, reset)
+    return longest
+
+
+def quota_wait(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to hold a bucket key when the response says its quota is spent, else ``None``.
+
+    Understands the IETF ``RateLimit`` header (structured form, and the older
+    ``RateLimit-Remaining``/``RateLimit-Reset`` pair) and the common
+    ``X-RateLimit-Remaining`` with ``X-RateLimit-Reset`` (delta seconds, epoch
+    seconds or epoch milliseconds, told apart by magnitude) or
+    ``X-RateLimit-Reset-After``. Malformed values are ignored, never raised.
+    """
+    structured = headers.get("RateLimit")
+    if structured and ";" in structured:
+        wait = _structured_ratelimit(structured)
+        if wait is not None:
+            return wait
+    for prefix in ("RateLimit-", "X-RateLimit-", "X-Rate-Limit-"):
+        if _number(headers.get(prefix + "Remaining")) != 0:
+            continue
+        for name in ("Reset-After", "Reset"):
+            wait = reset_delay(headers.get(prefix + name), now)
+            if wait is not None:
+                return wait
+    return None
+
+
+def server_wait(
+    status: int, headers: Mapping[str, str], *, retry_after: bool, quota: bool
+) -> tuple[float | None, str]:
+    """The pause a response asks of its whole bucket key, and why (for logs).
+
+    :param retry_after: honour ``Retry-After`` on 429 and 503.
+    :param quota: honour rate-limit headers that report a spent quota.
+    """
+    if retry_after and status in COOLDOWN_STATUSES:
+        wait = parse_retry_after(headers.get("Retry-After"))
+        if wait is not None:
+            return wait, f"Retry-After on {status}"
+    if quota:
+        wait = quota_wait(headers)
+        if wait is not None:
+            return wait, f"quota spent ({status})"
+    return None, ""
+
+
+def is_throttle(status: int, headers: Mapping[str, str]) -> bool:
+    """429, or a 403 that reports a spent quota (GitHub's form of throttling)."""
+    if status == 429:
+        return True
+    return status == 403 and any(
+        _number(headers.get(p + "Remaining")) == 0 for p in ("X-RateLimit-", "RateLimit-")
+    )

@@ -1,0 +1,179 @@
+"""Listening to the server: cooldowns, rate-limit headers, the retry budget."""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+import syncfetch
+from syncfetch._budget import BudgetTracker
+from syncfetch._feedback import is_throttle, quota_wait, reset_delay, server_wait
+from tests._server import ScriptedServer, Step, http_date
+
+NOW = 1_800_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("headers", "wait"),
+    [
+        ({"RateLimit": '"default";r=0;t=3'}, 3.0),
+        ({"RateLimit": '"default";r=4;t=3'}, None),
+        ({"RateLimit": '"burst";r=5;t=1, "daily";r=0;t=3600'}, 3600.0),
+        ({"RateLimit-Remaining": "0", "RateLimit-Reset": "12"}, 12.0),
+        ({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(int(NOW) + 30)}, 30.0),
+        ({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(int(NOW * 1000) + 5000)}, 5.0),
+        ({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset-After": "2.5"}, 2.5),
+        ({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "45"}, 45.0),
+        ({"X-RateLimit-Remaining": "3", "X-RateLimit-Reset": "45"}, None),
+        ({"X-RateLimit-Remaining": "zero", "X-RateLimit-Reset": "45"}, None),
+        ({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "soon"}, None),
+        ({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "-5"}, None),
+        ({"RateLimit": "garbage;;;=", "X-RateLimit-Remaining": "0"}, None),
+        ({}, None),
+    ],
+)
+def test_quota_headers(headers: dict[str, str], wait: float | None) -> None:
+    got = quota_wait(headers, now=NOW)
+    assert got == (None if wait is None else pytest.approx(wait, abs=0.01))
+
+
+def test_reset_magnitudes() -> None:
+    assert reset_delay(str(int(NOW) - 10), now=NOW) == 0.0  # a reset in the past: no wait
+    assert reset_delay("1e400", now=NOW) is None
+
+
+def test_throttle_signals() -> None:
+    assert is_throttle(429, {})
+    assert is_throttle(403, {"X-RateLimit-Remaining": "0"})
+    assert not is_throttle(403, {})
+    assert server_wait(503, {"Retry-After": "4"}, retry_after=True, quota=True)[0] == 4.0
+    assert server_wait(500, {"Retry-After": "4"}, retry_after=True, quota=True)[0] is None
+    assert server_wait(429, {"Retry-After": "4"}, retry_after=False, quota=True)[0] is None
+
+
+def gap_after(server: ScriptedServer, status: int) -> tuple[float, list[float]]:
+    """Arrival time of the first response with ``status``, and every arrival after it."""
+    records = server.records
+    t0 = next(r.t for r in records if r.status == status)
+    return t0, [r.t - t0 for r in records if r.t > t0]
+
+
+@pytest.mark.parametrize("form", ["seconds", "http-date"])
+def test_retry_after_pauses_every_thread(server: ScriptedServer, form: str) -> None:
+    value = "2" if form == "seconds" else (lambda: http_date(2))
+    server.script("/x", Step(), Step(status=429, headers={"Retry-After": value}), Step())
+    url = server.url_for("/x")
+    with syncfetch.Session(max_concurrency=8) as s, ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: [s.get(url) for _ in range(6)], range(8)))
+        assert s.stats.cooldowns == 1 and s.stats.cooldown_wait > 0
+    _, after = gap_after(server, 429)
+    # Requests already on the wire when the 429 came back may land just after it.
+    quiet = 2.0 if form == "seconds" else 1.0  # an HTTP date has whole-second resolution
+    assert not [t for t in after if 0.15 < t < quiet - 0.05]
+    assert len(after) >= 40  # traffic resumed: 48 calls + 1 retry in all
+
+
+def test_spent_quota_holds_the_key_not_other_hosts(server: ScriptedServer) -> None:
+    other = ScriptedServer().start()
+    try:
+        server.script("/q", Step(headers={"RateLimit": '"default";r=0;t=3'}), Step())
+        with syncfetch.Session() as s:
+            s.get(server.url_for("/q"))
+            start = time.monotonic()
+            s.get(other.url_for("/free"))
+            assert time.monotonic() - start < 1.0  # another host: not held
+            s.get(server.url_for("/q"))
+        t = server.times("/q")
+        assert t[1] - t[0] >= 2.9
+    finally:
+        other.stop()
+
+
+def test_epoch_reset_holds_the_key(server: ScriptedServer) -> None:
+    server.script(
+        "/gh",
+        Step(
+            headers={
+                "X-RateLimit-Remaining": lambda: "0",
+                "X-RateLimit-Reset": lambda: str(int(time.time()) + 3),
+            }
+        ),
+        Step(),
+    )
+    with syncfetch.Session() as s:
+        s.get(server.url_for("/gh"))
+        s.get(server.url_for("/gh"))
+    t = server.times("/gh")
+    assert t[1] - t[0] >= 2.0  # epoch seconds: up to one second of rounding
+
+
+def test_headers_can_be_ignored(server: ScriptedServer) -> None:
+    server.script("/q", Step(headers={"RateLimit": '"default";r=0;t=30'}))
+    with syncfetch.Session(rate_limit_headers=False) as s:
+        s.get(server.url_for("/q"))
+        start = time.monotonic()
+        s.get(server.url_for("/q"))
+        assert time.monotonic() - start < 1.0 and s.stats.cooldowns == 0
+
+
+def test_a_pause_beyond_the_caps_fails_fast(
+    server: ScriptedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.script("/q", Step(headers={"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "30"}))
+    caplog.set_level(logging.INFO, "syncfetch")
+    with syncfetch.Session(max_wait=1) as s:
+        s.get(server.url_for("/q"))
+        start = time.monotonic()
+        with pytest.raises(syncfetch.RateLimitExceeded) as info:
+            s.get(server.url_for("/q"))
+        assert time.monotonic() - start < 0.5
+    assert 29 < (info.value.retry_after or 0) <= 30
+    assert any(getattr(r, "syncfetch_pause", 0) == 30 for r in caplog.records)
+    assert server.count("/q") == 1
+
+
+def test_github_style_403_is_retried_after_the_reset(server: ScriptedServer) -> None:
+    server.script(
+        "/gh",
+        Step(status=403, headers={"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "1"}),
+        Step(),
+    )
+    with syncfetch.Session() as s:
+        assert s.get(server.url_for("/gh")).status_code == 200
+    t = server.times("/gh")
+    assert len(t) == 2 and t[1] - t[0] >= 0.95
+
+
+def test_budget_caps_retries_during_an_outage(server: ScriptedServer) -> None:
+    server.script("/down", Step(status=503))
+    budget = syncfetch.RetryBudget(ratio=0.2, min_per_second=1, ttl=2)
+    policy = syncfetch.RetryPolicy(retries=3, budget=budget)
+    calls = 16 * 15
+    with syncfetch.Session(retry=policy, max_concurrency=16) as s, ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda _: s.get(server.url_for("/down")), range(calls)))
+        assert s.stats.budget_exhausted > 0
+        hits = server.count("/down")
+        # Without a budget: 4 x 240 = 960. With it: the calls, 20% more, and the reserve
+        # (2 per 2 s window, over the few windows the run spans).
+        assert calls < hits <= calls * 1.2 + 2 * 5
+        time.sleep(2.1)  # the window forgets the outage
+        server.script("/back", Step(status=503), Step())
+        assert s.get(server.url_for("/back")).status_code == 200
+
+
+def test_budget_tracker_counts_per_key() -> None:
+    now = [100.0]
+    tracker = BudgetTracker(
+        syncfetch.RetryBudget(ratio=0.5, min_per_second=0, ttl=10), lambda: now[0]
+    )
+    for _ in range(4):
+        tracker.record_request("a")
+    assert [tracker.try_spend("a") for _ in range(3)] == [True, True, False]
+    assert tracker.try_spend("b") is False  # no traffic on b, no reserve
+    now[0] += 11
+    tracker.record_request("a")
+    tracker.record_request("a")
+    assert tracker.try_spend("a") is True
