@@ -1,5 +1,6 @@
 """syncfetch: requests that never exceed a rate limit, from any number of threads."""
 
+from ._adaptive import Adaptive
 from ._budget import RetryBudget
 from ._exceptions import BackendUnavailable, DeadlineExceeded, RateLimitExceeded
 from ._rates import parse_rate
@@ -12,6 +13,7 @@ from ._timing import is_testing, set_testing
 __version__ = "0.1.0"
 
 __all__ = [
+    "Adaptive",
     "BackendUnavailable",
     "DeadlineExceeded",
     "RateLimitExceeded",

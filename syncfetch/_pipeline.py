@@ -16,6 +16,7 @@ from requests.exceptions import RequestException
 from requests.utils import rewind_body
 
 from . import _timing
+from ._adaptive import AdaptiveLimiter
 from ._body import consume_quietly, read_body
 from ._budget import BudgetTracker
 from ._exceptions import DeadlineExceeded, RateLimitExceeded
@@ -114,8 +115,10 @@ class Pipeline:
         max_wait: float | None,
         stats: StatsRecorder,
         rate_limit_headers: bool = True,
+        adaptive: AdaptiveLimiter | None = None,
     ) -> None:
         self.policy = policy
+        self.adaptive = adaptive
         self.rate_limit_headers = rate_limit_headers
         self.budget = BudgetTracker(policy.budget) if policy.budget is not None else None
         self.limiter = limiter
@@ -125,13 +128,18 @@ class Pipeline:
         self.stats = stats
 
     def after_fork(self) -> None:
-        for part in (self.limiter, self.slots, self.stats, self.budget):
+        for part in (self.limiter, self.slots, self.stats, self.budget, self.adaptive):
             if part is not None:
                 part.after_fork()
 
-    def _admit(self, key: str, deadline: float | None) -> tuple[Lease, Token]:
-        """Wait out a pause, then take a slot, then a token, so the token is spent right
-        before the send and no slot is held through a server-requested pause."""
+    def _admit(self, key: str, deadline: float | None) -> tuple[Lease, Token, float]:
+        """Wait out a pause, then take a slot, wait for the adaptive pace, take a token.
+
+        The token comes last so it is spent right before the send, and no slot is held
+        through a server-requested pause.
+
+        :returns: the slot, the token and the send time (for adaptive feedback).
+        """
         start = time.monotonic()
         limit = None if self.max_wait is None else start + self.max_wait
         if deadline is not None:
@@ -152,12 +160,15 @@ class Pipeline:
         lease = self.slots.acquire(None if limit is None else limit - before_slot, key)
         got_slot = time.monotonic()
         try:
+            paced = 0.0
+            if self.adaptive is not None:
+                paced, _ = self.adaptive.acquire(key, limit)
             token = self.limiter.acquire(key, limit)
         except BaseException:
             lease.release()
             raise
-        self.stats.add(slot_wait=got_slot - before_slot, token_wait=token.waited)
-        return lease, token
+        self.stats.add(slot_wait=got_slot - before_slot, token_wait=token.waited + paced)
+        return lease, token, time.monotonic()
 
     def send(self, adapter: BaseAdapter, request: PreparedRequest, **kwargs: Any) -> Response:
         """Send ``request`` through ``adapter`` with limits and retries.
@@ -189,7 +200,7 @@ class Pipeline:
                     raise DeadlineExceeded(
                         f"deadline of {policy.deadline} s passed", request=request
                     )
-                lease, token = self._admit(key, deadline)
+                lease, token, sent_at = self._admit(key, deadline)
             except RequestException as exc:
                 if isinstance(exc, RateLimitExceeded):
                     self.stats.add(rate_limited=1)
@@ -230,9 +241,14 @@ class Pipeline:
 
             status = resp.status_code
             self.stats.status(status)
-            retryable = status in policy.statuses or (
-                429 in policy.statuses and is_throttle(status, resp.headers)
-            )
+            throttled = is_throttle(status, resp.headers)
+            if self.adaptive is not None:
+                self.adaptive.on_response(
+                    key,
+                    sent_at,
+                    throttled or (status == 503 and "Retry-After" in resp.headers),
+                )
+            retryable = status in policy.statuses or (429 in policy.statuses and throttled)
             if not (retryable and may_retry):
                 if stream:
                     _hold_until_closed(resp, lease)

@@ -16,9 +16,11 @@ from datetime import timedelta
 from typing import Any
 
 import requests
+from pyrate_limiter import Rate
 from requests import PreparedRequest, Request, Response
 from requests.adapters import BaseAdapter, HTTPAdapter
 
+from ._adaptive import Adaptive, AdaptiveLimiter
 from ._backends import make_limiter
 from ._executor import BoundedExecutor
 from ._pipeline import CURRENT_CALL, Call, Pipeline
@@ -112,6 +114,8 @@ class Session(requests.Session):
         while a shared backend is unreachable, ``"fallback"`` to limit per process meanwhile.
     :param rate_limit_headers: pause a bucket key when a response's ``RateLimit`` or
         ``X-RateLimit-*`` headers report its quota spent, until the reset they give.
+    :param adaptive: ``True`` or an :class:`Adaptive` to let each key's rate follow the
+        server's throttling (the limits become a ceiling); ``None``/``False`` for off.
     :raises ValueError: for an invalid argument, naming it.
     """
 
@@ -127,6 +131,7 @@ class Session(requests.Session):
         "backend",
         "on_backend_error",
         "rate_limit_headers",
+        "adaptive",
     ]
 
     def __init__(
@@ -142,6 +147,7 @@ class Session(requests.Session):
         backend: Any = "memory",
         on_backend_error: str = "raise",
         rate_limit_headers: bool = True,
+        adaptive: Adaptive | bool | None = None,
     ) -> None:
         if (
             isinstance(max_concurrency, bool)
@@ -171,6 +177,13 @@ class Session(requests.Session):
         self.backend = backend
         self.on_backend_error = on_backend_error
         self.rate_limit_headers = bool(rate_limit_headers)
+        if adaptive is True:
+            adaptive = Adaptive()
+        if adaptive is not None and adaptive is not False and not isinstance(adaptive, Adaptive):
+            raise ValueError(
+                f"adaptive must be None, a bool or syncfetch.Adaptive, not {adaptive!r}"
+            )
+        self.adaptive = adaptive or None
         # mount() swaps self.adapters whole, so get_adapter never sees a half-built dict.
         self._mount_lock = threading.Lock()
         super().__init__()
@@ -200,6 +213,11 @@ class Session(requests.Session):
             max_wait=self.max_wait,
             stats=StatsRecorder(),
             rate_limit_headers=self.rate_limit_headers,
+            adaptive=(
+                AdaptiveLimiter(self.adaptive, ceiling=_ceiling(self.limits))
+                if self.adaptive is not None
+                else None
+            ),
         )
 
     def submit(self, method: str, url: str, **kwargs: Any) -> Future[Response]:
@@ -410,6 +428,11 @@ def _merge(item: Request, kwargs: dict[str, Any]) -> dict[str, Any]:
     if any(item.hooks.values()):
         merged["hooks"] = item.hooks
     return merged
+
+
+def _ceiling(rates: list[Rate]) -> float | None:
+    """The highest steady rate (requests/second) the configured limits allow."""
+    return min((r.limit * 1000 / r.interval for r in rates), default=None)
 
 
 def _is_count(value: Any) -> bool:
