@@ -147,7 +147,7 @@ class AdaptiveLimiter:
                     return
                 base = min(state.rate, state.measured)
                 state.w_max = base
-                state.k = math.cbrt(base * (1 - s.beta) / s.scale)
+                state.k = (base * (1 - s.beta) / s.scale) ** (1 / 3)  # math.cbrt is 3.11+
                 state.rate = base * s.beta
                 state.last_decrease = state.epoch = now
             else:
