@@ -58,7 +58,11 @@ class Limiter(Protocol):
         ...
 
     def pause(self, key: str, seconds: float) -> None:
-        """Hold back every token for ``key`` for ``seconds`` (the server asked us to wait)."""
+        """Record that ``key`` must not be sent to for ``seconds`` (the server asked).
+
+        ``acquire`` does not wait for pauses: callers check :meth:`paused_for` before
+        taking a concurrency slot, so no slot is held through a pause.
+        """
         ...
 
     def paused_for(self, key: str) -> float:
@@ -131,7 +135,7 @@ class KeyedLimiter:
         """Nothing to release: the buckets live in this process's memory."""
 
     def pause(self, key: str, seconds: float) -> None:
-        """Hold back every token for ``key`` for ``seconds`` (a server asked us to wait)."""
+        """Record that ``key`` must not be sent to for ``seconds`` (a server asked)."""
         until = self._clock() + seconds
         with self._lock:
             if until > self._paused.get(key, 0.0):
@@ -154,12 +158,10 @@ class KeyedLimiter:
         while True:
             with self._lock:
                 now = self._clock()
-                wait = self._paused.get(key, 0.0) - now
+                item = RateItem(key, math.ceil(now * 1000))
+                wait = self._try_take(key, item)
                 if wait <= 0:
-                    item = RateItem(key, math.ceil(now * 1000))
-                    wait = self._try_take(key, item)
-                    if wait <= 0:
-                        return Token(key, item, now - start)
+                    return Token(key, item, now - start)
             if deadline is not None and now + wait > deadline:
                 raise RateLimitExceeded(
                     f"no rate-limit token for {key} within max_wait (next in {wait:.3f} s)",

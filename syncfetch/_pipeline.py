@@ -154,7 +154,7 @@ class Pipeline:
                     key=key,
                     retry_after=paused,
                 )
-            time.sleep(paused)
+            _timing.backoff_sleep(paused)
             self.stats.add(cooldown_wait=paused)
         before_slot = time.monotonic()
         lease = self.slots.acquire(None if limit is None else limit - before_slot, key)

@@ -15,8 +15,9 @@ _testing_lock = threading.Lock()
 def set_testing(enabled: bool = True) -> None:
     """Turn waits between retries into no-ops for the whole process (like ``stamina.set_testing``).
 
-    Backoff sleeps and ``Retry-After`` sleeps are skipped while testing; rate-limit and
-    concurrency waits are not, because they are what keeps a server within its limit.
+    Backoff sleeps and the waits a server asks for (``Retry-After``, a spent quota) are
+    skipped while testing; rate-limit and concurrency waits are not, because they are
+    what keeps a server within its configured limit.
     Log records and stats still report the wait that would have happened.
 
     :param enabled: ``True`` to skip retry waits, ``False`` to restore them.
@@ -35,6 +36,6 @@ def is_testing() -> bool:
 
 
 def backoff_sleep(seconds: float) -> None:
-    """Sleep between retries, unless the testing switch is on."""
+    """Sleep for a backoff or a server-requested pause, unless the testing switch is on."""
     if seconds > 0 and not _testing:
         time.sleep(seconds)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -54,6 +55,14 @@ def test_throttle_signals() -> None:
     assert server_wait(429, {"Retry-After": "4"}, retry_after=False, quota=True)[0] is None
 
 
+@pytest.fixture
+def real_waits() -> Iterator[None]:
+    """Server-requested pauses are skipped in testing mode; these tests time them."""
+    syncfetch.set_testing(False)
+    yield
+    syncfetch.set_testing(True)
+
+
 def gap_after(server: ScriptedServer, status: int) -> tuple[float, list[float]]:
     """Arrival time of the first response with ``status``, and every arrival after it."""
     records = server.records
@@ -62,6 +71,7 @@ def gap_after(server: ScriptedServer, status: int) -> tuple[float, list[float]]:
 
 
 @pytest.mark.parametrize("form", ["seconds", "http-date"])
+@pytest.mark.usefixtures("real_waits")
 def test_retry_after_pauses_every_thread(server: ScriptedServer, form: str) -> None:
     value = "2" if form == "seconds" else (lambda: http_date(2))
     server.script("/x", Step(), Step(status=429, headers={"Retry-After": value}), Step())
@@ -76,6 +86,7 @@ def test_retry_after_pauses_every_thread(server: ScriptedServer, form: str) -> N
     assert len(after) >= 40  # traffic resumed: 48 calls + 1 retry in all
 
 
+@pytest.mark.usefixtures("real_waits")
 def test_spent_quota_holds_the_key_not_other_hosts(server: ScriptedServer) -> None:
     other = ScriptedServer().start()
     try:
@@ -92,6 +103,7 @@ def test_spent_quota_holds_the_key_not_other_hosts(server: ScriptedServer) -> No
         other.stop()
 
 
+@pytest.mark.usefixtures("real_waits")
 def test_epoch_reset_holds_the_key(server: ScriptedServer) -> None:
     server.script(
         "/gh",
@@ -135,6 +147,7 @@ def test_a_pause_beyond_the_caps_fails_fast(
     assert server.count("/q") == 1
 
 
+@pytest.mark.usefixtures("real_waits")
 def test_github_style_403_is_retried_after_the_reset(server: ScriptedServer) -> None:
     server.script(
         "/gh",

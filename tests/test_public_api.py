@@ -1,4 +1,5 @@
 import pickle
+import types
 
 import requests
 
@@ -7,7 +8,12 @@ import syncfetch
 
 def test_all_is_sorted_and_matches_exports() -> None:
     assert syncfetch.__all__ == sorted(syncfetch.__all__)
-    public = {name for name in vars(syncfetch) if not name.startswith("_")}
+    # Optional integrations (syncfetch.flask, syncfetch.django) are submodules, not exports.
+    public = {
+        name
+        for name, obj in vars(syncfetch).items()
+        if not name.startswith("_") and not isinstance(obj, types.ModuleType)
+    }
     public.add("__version__")
     assert set(syncfetch.__all__) == public
 
