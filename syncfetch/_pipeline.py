@@ -99,7 +99,16 @@ def _hold_until_closed(resp: Response, lease: Lease) -> None:
                 lease.release()
 
         raw.release_conn = release_then_free
-    weakref.finalize(resp, lease.release)
+    # A response dropped unread would hold its slot and its socket for ever: when it
+    # is collected, close the connection and free the slot.
+    weakref.finalize(resp, _close_and_free, raw, lease)
+
+
+def _close_and_free(raw: Any, lease: Lease) -> None:
+    try:
+        raw.close()
+    finally:
+        lease.release()
 
 
 class Pipeline:

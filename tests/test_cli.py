@@ -126,3 +126,13 @@ def test_resume_cuts_a_torn_last_line(server: ScriptedServer, tmp_path: Path) ->
     assert proc.returncode == 0, proc.stderr
     assert sorted(r["index"] for r in lines(out)) == [1, 2]
     assert [r.path for r in server.records] == ["/2"]
+
+
+def test_progress_line_when_asked(server: ScriptedServer, tmp_path: Path) -> None:
+    src = tmp_path / "in.txt"
+    src.write_text("".join(f"{server.url_for(f'/{i}')}\n" for i in range(5)))
+    proc = fetch(str(src), "-o", str(tmp_path / "o.jsonl"), "--progress")
+    assert proc.returncode == 0
+    assert "done," in proc.stderr and "x 429" in proc.stderr
+    quiet = fetch(str(src), "-o", str(tmp_path / "o.jsonl"))
+    assert "done," not in quiet.stderr  # stderr is not a terminal here

@@ -206,3 +206,24 @@ def test_ctrl_c_stops_the_batch_promptly(server: ScriptedServer) -> None:
     assert server.count() <= 5 + 4 + 8 + 4
     assert took < 0.2 * 3 + 2.0  # a couple of in-flight rounds, slack for a busy machine
     assert proc.returncode != 0
+
+
+def test_dns_failure_is_a_result_and_not_retried() -> None:
+    from requests.adapters import BaseAdapter
+    from urllib3.exceptions import MaxRetryError, NameResolutionError
+
+    class NoDNS(BaseAdapter):
+        calls = 0
+
+        def send(self, request: requests.PreparedRequest, **kw: object) -> requests.Response:  # type: ignore[override]
+            NoDNS.calls += 1
+            reason = NameResolutionError("nowhere.invalid", None, OSError("no such host"))  # type: ignore[arg-type]
+            raise requests.ConnectionError(MaxRetryError(None, request.url or "", reason))  # type: ignore[arg-type]
+
+        def close(self) -> None:
+            pass
+
+    with syncfetch.Session(retry=3) as s:
+        s.mount("dns://", NoDNS())
+        [result] = list(s.map(["dns://nowhere.invalid/"]))
+    assert isinstance(result.error, requests.ConnectionError) and NoDNS.calls == 1

@@ -262,3 +262,26 @@ def test_elapsed_is_wire_time_not_waiting_time(server: ScriptedServer) -> None:
         s.get(server.url)
         r = s.get(server.url)
     assert r.elapsed.total_seconds() < 0.5 and s.stats.token_wait > 0.5
+
+
+def test_a_dropped_streamed_response_frees_its_slot(server: ScriptedServer) -> None:
+    import gc
+
+    server.script("/big", Step(body=b"x" * 100_000))
+    with syncfetch.Session(max_concurrency=1, max_wait=0.5) as s:
+        r = s.get(server.url_for("/big"), stream=True)
+        r.raw.read(10)
+        del r
+        gc.collect()
+        assert s.get(server.url_for("/next")).status_code == 200
+
+
+def test_proxies_work_and_the_bucket_is_the_target_host(server: ScriptedServer) -> None:
+    # The scripted server acts as a forward proxy: it sees the absolute URI.
+    with syncfetch.Session("1/minute", max_wait=0) as s:
+        r = s.get("http://upstream.test/x", proxies={"http": server.url})
+        assert r.status_code == 200
+        with pytest.raises(syncfetch.RateLimitExceeded) as info:
+            s.get("http://upstream.test/y", proxies={"http": server.url})
+    assert info.value.key == "http://upstream.test:80"
+    assert server.records[0].path == "http://upstream.test/x"
