@@ -1,0 +1,229 @@
+"""syncfetch.django: a lazy per-process session from settings, the 503 middleware, gunicorn."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import django
+import pytest
+from django.test import Client, RequestFactory
+
+import syncfetch
+import syncfetch.django
+from syncfetch.django import RateLimitExceededMiddleware, get_session
+from tests._gunicorn import (
+    LIMITS_ENV,
+    MAX_WAIT_ENV,
+    POOL_FULL,
+    ROOT,
+    UPSTREAM_ENV,
+    hammer,
+    run_gunicorn,
+    summary,
+)
+from tests._server import ScriptedServer
+
+# pytest-django sets Django up from DJANGO_SETTINGS_MODULE in pyproject before any test
+# module is imported; this fallback (a no-op then) lets the file run without that too.
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.django_settings")
+django.setup()
+
+# gunicorn load test: 2 worker processes, each with its own in-memory limiter at half
+# the upstream's limit, so that together they can never exceed it.
+UPSTREAM_LIMIT = 20
+WORKERS = 2
+
+
+@pytest.fixture(autouse=True)
+def _fresh_session(settings: Any) -> Any:
+    """Each test starts without a session (changing the setting drops it) and ends closed."""
+    settings.SYNCFETCH = {"max_wait": 0.5}
+    yield settings
+    syncfetch.django._forget_session()
+
+
+def test_get_session_builds_from_settings(settings: Any):
+    settings.SYNCFETCH = {"limits": "5/second", "max_wait": 1.5, "max_concurrency": 3}
+    session = get_session()
+    assert isinstance(session, syncfetch.Session)
+    assert (session.max_wait, session.max_concurrency) == (1.5, 3)
+    assert get_session() is session
+
+
+def test_missing_setting_means_session_defaults(settings: Any):
+    del settings.SYNCFETCH
+    session = get_session()
+    assert (session.limits, session.max_wait, session.max_concurrency) == ([], None, 10)
+
+
+def test_one_session_across_threads(monkeypatch: pytest.MonkeyPatch):
+    """Sixteen threads released at once all get the same, single session."""
+    built: list[syncfetch.Session] = []
+    real = syncfetch.django.session_from_settings
+
+    def slow_build(*args: Any, **kwargs: Any) -> syncfetch.Session:
+        time.sleep(0.05)  # widen the window in which a second build could start
+        session = real(*args, **kwargs)
+        built.append(session)
+        return session
+
+    got: list[syncfetch.Session] = []
+    barrier = threading.Barrier(16)
+
+    def worker() -> None:
+        barrier.wait()
+        got.append(get_session())
+
+    monkeypatch.setattr(syncfetch.django, "session_from_settings", slow_build)
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(built) == 1
+    assert len(got) == 16 and all(s is built[0] for s in got)
+
+
+def test_changing_the_setting_rebuilds_and_closes_the_old_session(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+):
+    first = get_session()
+    closed: list[bool] = []
+    monkeypatch.setattr(first, "close", lambda: closed.append(True))
+    settings.SYNCFETCH = {"max_wait": 0.25}
+    second = get_session()
+    assert second is not first and second.max_wait == 0.25
+    assert closed == [True]
+
+
+def test_unknown_setting_keys_raise_naming_every_one(settings: Any):
+    settings.SYNCFETCH = {"limit": "5/second", "max_wiat": 1, "per_host": True}
+    with pytest.raises(ValueError, match=r"settings\.SYNCFETCH has unknown keys") as info:
+        get_session()
+    assert "'limit' (did you mean 'limits'?)" in str(info.value)
+    assert "'max_wiat' (did you mean 'max_wait'?)" in str(info.value)
+    settings.SYNCFETCH = {"per_host": True}  # fixed: the next call builds
+    assert get_session().per_host is True
+
+
+def test_setting_must_be_a_mapping(settings: Any):
+    settings.SYNCFETCH = ["10/second"]
+    with pytest.raises(TypeError, match="mapping"):
+        get_session()
+
+
+def test_session_is_closed_at_exit(settings: Any, monkeypatch: pytest.MonkeyPatch):
+    registered: list[tuple[Any, tuple[Any, ...]]] = []
+    monkeypatch.setattr(
+        "syncfetch._settings.atexit.register", lambda fn, *args: registered.append((fn, args))
+    )
+    session = get_session()
+    get_session()
+    assert len(registered) == 1  # once per session, not per call
+    closed: list[bool] = []
+    monkeypatch.setattr(session, "close", lambda: closed.append(True))
+    fn, args = registered[0]
+    fn(*args)
+    assert closed == [True]
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "header"),
+    [("1.2", "2"), ("0.004", "1"), ("3", "3"), (None, "1")],
+)
+def test_middleware_turns_rate_limit_exceeded_into_503(retry_after: str | None, header: str):
+    query = {} if retry_after is None else {"retry_after": retry_after}
+    resp = Client().get("/rate-limited", query)
+    assert resp.status_code == 503
+    assert resp["Retry-After"] == header
+    assert resp.json() == {
+        "error": "upstream_rate_limited",
+        "detail": "An upstream API is at its rate limit; try again later.",
+        "retry_after": int(header),
+    }
+    assert b"upstream.test" not in resp.content  # internal host not leaked
+
+
+def test_middleware_leaves_other_exceptions_and_responses_alone():
+    middleware = RateLimitExceededMiddleware(lambda request: "passed through")
+    request = RequestFactory().get("/")
+    assert middleware(request) == "passed through"
+    assert middleware.process_exception(request, ValueError("boom")) is None
+    with pytest.raises(ValueError, match="boom"):
+        Client(raise_request_exception=True).get("/boom")
+
+
+def test_real_limit_in_process(settings: Any, server: ScriptedServer):
+    """A view against the scripted upstream: within the limit, then a real 503."""
+    server.limit([(4, 1.0)])
+    settings.UPSTREAM_URL = server.url
+    settings.SYNCFETCH = {"limits": "4/second", "max_wait": 0}  # the 5th call fails at once
+    client = Client()
+    replies = [client.get(f"/proxy/{i}") for i in range(5)]
+    assert [r.status_code for r in replies] == [200, 200, 200, 200, 503]
+    # The limiter's estimate (about 1 s, plus its 2 ms margin) rounded up.
+    assert replies[-1]["Retry-After"] in ("1", "2")
+    assert server.count() == 4  # the 503 sent nothing upstream
+    assert server.count(status=429) == 0
+
+
+@pytest.mark.slow
+def test_gunicorn_gthread_keeps_upstream_within_its_limit(server: ScriptedServer, tmp_path: Any):
+    server.limit([(UPSTREAM_LIMIT, 1.0)])
+    env = {
+        "DJANGO_SETTINGS_MODULE": "tests.django_settings",
+        UPSTREAM_ENV: server.url,
+        LIMITS_ENV: f"{UPSTREAM_LIMIT // WORKERS}/second",
+        MAX_WAIT_ENV: "1.0",
+    }
+    # No --preload: each worker imports Django itself and builds its session lazily.
+    with run_gunicorn(
+        "django.core.wsgi:get_wsgi_application()",
+        log_path=tmp_path / "gunicorn.log",
+        env=env,
+        workers=WORKERS,
+        threads=8,
+    ) as gunicorn:
+        start = time.monotonic()
+        replies = hammer(gunicorn.url, total=200, threads=32)
+        took = time.monotonic() - start
+    log = gunicorn.log()
+
+    assert len(replies) == 200
+    ok = [r for r in replies if r.status == 200]
+    shed = [r for r in replies if r.status == 503]
+    assert len(ok) + len(shed) == 200, summary(replies)
+    assert all(r.body["upstream"] == 200 for r in ok), summary(replies)
+    assert all(r.retry_after is not None and int(r.retry_after) >= 1 for r in shed)
+    assert all(r.body["error"] == "upstream_rate_limited" for r in shed)
+    # Both kinds happened: the load was above the limit for several windows.
+    assert shed, summary(replies)
+    assert len(ok) >= 3 * UPSTREAM_LIMIT, (summary(replies), took)
+    # Both worker processes served, each within its own half of the limit.
+    assert len({r.body["pid"] for r in ok}) == WORKERS, summary(replies)
+
+    assert server.count(status=429) == 0
+    assert server.max_in_window(1.0) <= UPSTREAM_LIMIT
+    assert server.count() == len(ok)  # one upstream call per 200, none for a 503
+    assert POOL_FULL not in log
+    assert "Traceback" not in log, log
+
+
+@pytest.mark.slow
+def test_example_project_runs_with_one_command():
+    proc = subprocess.run(
+        [sys.executable, "examples/django_project/manage.py", "fetch_batch"],
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "60 fetched, 0 failed" in proc.stdout, proc.stdout
+    assert "upstream answered 429: 0 times" in proc.stderr, proc.stderr
