@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import IO, NoReturn
 
 from ._batch import done_indices, run_fetch
+from ._demo import add_demo_arguments, demo_main
 from ._retry import RetryPolicy
 from ._session import Session
 
@@ -59,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--no-body", action="store_true", help="do not store response bodies")
     fetch.add_argument("--progress", action="store_true", default=None, help="progress on stderr")
     fetch.add_argument("--quiet", dest="progress", action="store_false", help="no progress")
+    demo = sub.add_parser("demo", help="syncfetch vs common recipes on a strict local API")
+    add_demo_arguments(demo)
     return parser
 
 
@@ -131,4 +134,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "fetch":
         return fetch_main(args)
+    if args.command == "demo":
+        return demo_main(args)
     return 2  # pragma: no cover - argparse rejects unknown commands

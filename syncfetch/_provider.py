@@ -1,0 +1,348 @@
+"""A strict third-party API on 127.0.0.1 for ``syncfetch demo`` (standard library only).
+
+It enforces sliding windows (by default 25 requests per second, a burst of 25 at once,
+and 1,000 per minute) and answers ``429`` with ``Retry-After`` above them; only admitted
+requests count in the windows. Admitted requests then fail like a real provider's: about
+30% ``503`` and 2% TCP resets, after a latency of 20 ms. The outcome of the n-th admitted
+attempt at a path depends only on the seed, the path and n, so every client of the demo
+meets the same faults. :class:`Provider` runs it in a child process, so it never competes
+for the client's GIL, and returns every arrival when stopped.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+import random
+import signal
+import socket
+import socketserver
+import struct
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from types import TracebackType
+from typing import IO, NamedTuple
+
+#: Status recorded for a request answered with a TCP reset.
+RESET = 0
+Limits = Sequence[tuple[int, float]]
+
+_REASONS = {200: "OK", 429: "Too Many Requests", 503: "Service Unavailable"}
+# A provider outlives no demo: it stops by itself after this long, or when its parent dies.
+_MAX_LIFE = 3600.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ProviderConfig:
+    """How strict and how flaky the provider is.
+
+    :param rate: requests admitted per sliding second (also the burst); 0 for no limit.
+    :param per_minute: requests admitted per sliding minute; 0 for no limit.
+    :param fail_rate: share of admitted requests answered ``503``.
+    :param reset_rate: share of admitted requests answered with a TCP reset.
+    :param latency: seconds slept before every answer.
+    :param seed: seed of the fault draws.
+    :param port: port on 127.0.0.1; 0 picks a free one.
+    """
+
+    rate: int = 25
+    per_minute: int = 1000
+    fail_rate: float = 0.3
+    reset_rate: float = 0.02
+    latency: float = 0.02
+    seed: int = 0
+    port: int = 0
+
+    @property
+    def limits(self) -> list[tuple[int, float]]:
+        """The windows as ``[(count, seconds), ...]``."""
+        pairs = [(self.rate, 1.0), (self.per_minute, 60.0)]
+        return [(count, seconds) for count, seconds in pairs if count > 0]
+
+    def describe(self) -> str:
+        """One line for humans."""
+        limits = " and ".join(f"{c}/{'second' if s == 1 else 'minute'}" for c, s in self.limits)
+        return (
+            f"limit {limits or 'none'}, {self.fail_rate:.0%} 503s, {self.reset_rate:.0%} resets, "
+            f"{self.latency * 1000:.0f} ms latency, seed {self.seed}"
+        )
+
+
+class Arrival(NamedTuple):
+    """One request the provider received: monotonic arrival time, path, status (0: reset)."""
+
+    at: float
+    path: str
+    status: int
+
+
+class SlidingWindow:
+    """Exact sliding-window admission: fewer than ``count`` admitted in ``(now - s, now]``.
+
+    Not thread-safe on its own: the server calls it under its lock.
+    """
+
+    def __init__(self, limits: Limits) -> None:
+        self._logs = [(count, seconds, collections.deque[float]()) for count, seconds in limits]
+
+    def admit(self, now: float) -> float:
+        """Count a request arriving at ``now`` if every window has room.
+
+        :returns: 0.0 when admitted, else the seconds until it would be.
+        """
+        wait = 0.0
+        for count, seconds, log in self._logs:
+            while log and log[0] <= now - seconds:
+                log.popleft()
+            if len(log) >= count:
+                wait = max(wait, log[len(log) - count] + seconds - now)
+        if wait > 0:
+            return wait
+        for _, _, log in self._logs:
+            log.append(now)
+        return 0.0
+
+
+def retry_after(wait: float) -> int:
+    """``Retry-After`` seconds for a wait: rounded up, at least 1."""
+    return max(1, math.ceil(wait))
+
+
+def floor_seconds(admitted: int, limits: Limits) -> float:
+    """Earliest time, from a first request at 0, at which ``admitted`` requests can all be in.
+
+    The earliest schedule is greedy: each request goes at the first moment every window
+    has room, i.e. ``t[k] = max(t[k-1], t[k-count] + seconds)`` for each window.
+
+    :param admitted: number of requests the provider admitted.
+    :param limits: the windows as ``[(count, seconds), ...]``.
+    :returns: the arrival time of the last of them (0.0 for none or one).
+    """
+    times: list[float] = []
+    for k in range(admitted):
+        t = times[-1] if times else 0.0
+        for count, seconds in limits:
+            if k >= count:
+                t = max(t, times[k - count] + seconds)
+        times.append(t)
+    return times[-1] if times else 0.0
+
+
+class ProviderServer(ThreadingHTTPServer):
+    """The provider, served from this process (see :class:`Provider` for a child process)."""
+
+    daemon_threads = True
+    block_on_close = False
+    # 50 client threads connect at once: the default backlog of 5 would drop SYNs.
+    request_queue_size = 1024
+
+    def __init__(self, config: ProviderConfig) -> None:
+        super().__init__(("127.0.0.1", config.port), _Handler)
+        self.config = config
+        # _lock guards the window, the per-path counts and the records: admission and
+        # recording of one arrival are atomic.
+        self._lock = threading.Lock()
+        self._window = SlidingWindow(config.limits)
+        self._seen: collections.Counter[str] = collections.Counter()
+        self._records: list[Arrival] = []
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind calls socket.getfqdn(), a reverse DNS lookup that can stall.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name = "127.0.0.1"
+        self.server_port = self.server_address[1]
+
+    @property
+    def url(self) -> str:
+        """Base URL, ending with a slash."""
+        return f"http://127.0.0.1:{self.server_address[1]}/"
+
+    def decide(self, path: str, now: float) -> tuple[int, float]:
+        """Status for a request to ``path`` arriving at ``now``, and the wait for a 429."""
+        cfg = self.config
+        with self._lock:
+            wait = self._window.admit(now)
+            if wait > 0:
+                status = 429
+            else:
+                nth = self._seen[path]
+                self._seen[path] += 1
+                draw = random.Random(f"{cfg.seed}:{path}:{nth}").random()
+                if draw < cfg.reset_rate:
+                    status = RESET
+                elif draw < cfg.reset_rate + cfg.fail_rate:
+                    status = 503
+                else:
+                    status = 200
+            self._records.append(Arrival(now, path, status))
+        return status, wait
+
+    def records(self) -> list[Arrival]:
+        """Every arrival so far, in arrival order."""
+        with self._lock:
+            return list(self._records)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server: ProviderServer
+
+    def do_GET(self) -> None:
+        # Headers are parsed by now: this is the request's arrival.
+        status, wait = self.server.decide(self.path, time.monotonic())
+        latency = self.server.config.latency
+        if latency > 0:
+            time.sleep(latency)
+        if status == RESET:
+            # Linger 0 makes close() send RST instead of FIN; closing here (before the
+            # server's shutdown(SHUT_WR), which would send a FIN) makes it a real reset.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            self.connection.close()
+            return
+        extra = ""
+        if status == 200:
+            body = {"path": self.path, "ok": True}
+        elif status == 429:
+            seconds = retry_after(wait)
+            extra = f"Retry-After: {seconds}\r\n"
+            body = {"error": "rate limited", "retry_after": seconds}
+        else:
+            body = {"error": "temporarily unavailable"}
+        data = json.dumps(body).encode()
+        head = (
+            f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n{extra}\r\n"
+        )
+        # One write: the answer leaves as one segment.
+        with contextlib.suppress(OSError):
+            self.wfile.write(head.encode("ascii") + data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def _child(config: ProviderConfig, conn: Connection, parent: int) -> None:
+    """Child process body: serve until told to stop (or orphaned), then send the records."""
+    # Ctrl-C reaches the whole process group; the parent stops us in its finally.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    server = ProviderServer(config)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    conn.send(server.server_address[1])
+    end = time.monotonic() + _MAX_LIFE
+    with contextlib.suppress(EOFError, OSError):
+        while not conn.poll(0.2):
+            if os.getppid() != parent or time.monotonic() > end:
+                break
+    server.shutdown()
+    with contextlib.suppress(OSError):
+        conn.send(server.records())
+    server.server_close()
+
+
+class Provider:
+    """The provider in a child process: ``with Provider(cfg) as p:`` serves on ``p.url``.
+
+    :param config: the provider's settings.
+    """
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self.config = config
+        self.url = ""
+        self._conn: Connection | None = None
+        self._proc: BaseProcess | None = None
+
+    def start(self) -> Provider:
+        """Start the child process and wait until it listens.
+
+        :raises RuntimeError: when the child does not come up within 30 s.
+        """
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child_conn = ctx.Pipe()
+        self._proc = ctx.Process(
+            target=_child,
+            args=(self.config, child_conn, os.getpid()),
+            daemon=True,
+            name="syncfetch-provider",
+        )
+        try:
+            self._proc.start()
+            child_conn.close()
+            if not self._conn.poll(30):
+                raise EOFError
+            port = self._conn.recv()
+        except (EOFError, OSError):
+            self.terminate()
+            raise RuntimeError("the demo provider did not start within 30 s") from None
+        except BaseException:  # Ctrl-C while starting: __exit__ will not run
+            self.terminate()
+            raise
+        self.url = f"http://127.0.0.1:{port}/"
+        return self
+
+    def stop(self) -> list[Arrival]:
+        """Stop serving and return every arrival (empty if the child is gone)."""
+        records: list[Arrival] = []
+        if self._conn is not None:
+            try:
+                self._conn.send("stop")
+                if self._conn.poll(10):
+                    records = self._conn.recv()
+            except (EOFError, OSError):
+                pass
+        if self._proc is not None:
+            self._proc.join(5)
+        self.terminate()
+        return records
+
+    def terminate(self) -> None:
+        """End the child process now (idempotent)."""
+        if self._proc is not None:
+            if self._proc.is_alive():
+                self._proc.terminate()
+                self._proc.join(5)
+            self._proc = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Provider:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.terminate()
+
+
+def serve(config: ProviderConfig, out: IO[str] = sys.stdout) -> None:
+    """Run the provider in the foreground until Ctrl-C, then print what it saw.
+
+    :param config: the provider's settings.
+    :param out: where the URL and the summary go.
+    """
+    server = ProviderServer(config)
+    print(f"serving on {server.url} ({config.describe()}); Ctrl-C to stop", file=out, flush=True)
+    try:
+        server.serve_forever(0.1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    counts = collections.Counter(r.status for r in server.records())
+    summary = ", ".join(f"{n} x {'reset' if s == RESET else s}" for s, n in sorted(counts.items()))
+    print(f"\nreceived {sum(counts.values())} requests: {summary or 'none'}", file=out)
