@@ -18,7 +18,8 @@ from tests._server import ScriptedServer, Step
 from tests._stub import CannedAdapter, GateAdapter
 
 
-def test_map_pulls_only_a_window_ahead() -> None:
+@pytest.mark.parametrize(("ordered", "ahead"), [(True, 8 * 4), (False, 2 * 4)])
+def test_map_pulls_only_a_window_ahead(ordered: bool, ahead: int) -> None:
     pulled = 0
 
     def items() -> Iterator[str]:
@@ -29,15 +30,34 @@ def test_map_pulls_only_a_window_ahead() -> None:
 
     with syncfetch.Session(max_concurrency=4) as s:
         s.mount("mock://", CannedAdapter())
-        results = s.map(items())
+        results = s.map(items(), ordered=ordered)
         assert pulled == 0  # lazy: nothing happens before iteration
         for n, result in enumerate(results, 1):
             assert result.ok
-            # At most 2 x workers submitted beyond what was yielded, plus the one in hand.
-            assert pulled <= n + 2 * 4
+            assert pulled <= n + ahead
             if n == 500:
                 break
-    assert pulled <= 500 + 2 * 4
+    assert pulled <= 500 + ahead
+
+
+def test_ordered_map_keeps_workers_busy_past_a_slow_item() -> None:
+    gate = GateAdapter()
+    with syncfetch.Session(max_concurrency=2) as s:
+        s.mount("slow://", gate)
+        s.mount("mock://", CannedAdapter())
+        items = ["slow://h/0"] + [f"mock://h/{i}" for i in range(1, 30)]
+        results = s.map(items)
+        first = threading.Thread(target=lambda: next(results))
+        first.start()
+        # While item 0 blocks, later items still run (up to the ordered window).
+        deadline = time.monotonic() + 10
+        while s.stats.requests < 16 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        assert s.stats.requests == 16  # the ordered window: 8 x 2 workers
+        gate.release.set()
+        first.join(10)
+        assert [r.index for r in results] == list(range(1, 30))
 
 
 def test_submit_blocks_when_pending_calls_reach_the_bound() -> None:
@@ -202,8 +222,8 @@ def test_ctrl_c_stops_the_batch_promptly(server: ScriptedServer) -> None:
     _, err = proc.communicate(timeout=20)
     took = time.monotonic() - sent
     assert "KeyboardInterrupt" in err
-    # In flight (4) and queued (8) items may finish; nothing like the 1000 in the input.
-    assert server.count() <= 5 + 4 + 8 + 4
+    # The ordered window (8 x 4 workers) may finish; nothing like the 1000 in the input.
+    assert server.count() <= 5 + 8 * 4 + 4
     assert took < 0.2 * 3 + 2.0  # a couple of in-flight rounds, slack for a busy machine
     assert proc.returncode != 0
 
