@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 
@@ -40,23 +41,47 @@ class RetryBudget:
 
 
 class BudgetTracker:
-    """Counts of first attempts and retries per key, in one-second slots over ``ttl``."""
+    """Counts of first attempts and retries per key, in one-second slots over ``ttl``.
+
+    Every call counts a first attempt, so that path takes no lock: each thread counts
+    in its own shard, and only a retry (rare) adds the shards up under a lock.
+    """
 
     def __init__(self, budget: RetryBudget, clock: Callable[[], float] = time.monotonic) -> None:
         self.budget = budget
         self._clock = clock
-        # _lock guards _slots: per key, a deque of [second, requests, retries].
+        self._local = threading.local()
+        # _lock guards _shards (registration, pruning) and makes each spend atomic.
         self._lock = threading.Lock()
-        self._slots: dict[str, deque[list[int]]] = {}
+        self._shards: list[tuple[weakref.ref[threading.Thread], dict[str, deque[list[int]]]]] = []
 
     def after_fork(self) -> None:
-        self._lock = threading.Lock()
+        self.__init__(self.budget, self._clock)  # type: ignore[misc]
 
-    def _current(self, key: str) -> list[int]:
+    def _shard(self) -> dict[str, deque[list[int]]]:
+        shard: dict[str, deque[list[int]]] | None = getattr(self._local, "shard", None)
+        if shard is None:
+            shard = self._local.shard = {}
+            with self._lock:
+                # A thread that has ended counts no more, and its history expires
+                # within ttl anyway: drop it so thread churn keeps the list short.
+                self._shards = [(ref, sh) for ref, sh in self._shards if _alive(ref)]
+                self._shards.append((weakref.ref(threading.current_thread()), shard))
+        return shard
+
+    def _slot(self, key: str) -> list[int]:
         now = int(self._clock())
-        slots = self._slots.setdefault(key, deque())
-        horizon = now - self.budget.ttl
-        while slots and slots[0][0] <= horizon:
+        shard = self._shard()
+        slots = shard.get(key)
+        if slots is None:
+            if len(shard) > 1000:
+                # Keys idle for a whole ttl carry no budget information.
+                for k in [
+                    k for k, s in shard.items() if not s or s[-1][0] <= now - self.budget.ttl
+                ]:
+                    del shard[k]
+            slots = shard[key] = deque()
+        while slots and slots[0][0] <= now - self.budget.ttl:
             slots.popleft()
         if not slots or slots[-1][0] != now:
             slots.append([now, 0, 0])
@@ -64,23 +89,28 @@ class BudgetTracker:
 
     def record_request(self, key: str) -> None:
         """Count a first attempt for ``key``."""
-        with self._lock:
-            self._current(key)[1] += 1
-            if len(self._slots) > 10_000:
-                # Keys idle for a whole ttl carry no budget information.
-                horizon = self._clock() - self.budget.ttl
-                for k in [k for k, s in self._slots.items() if not s or s[-1][0] <= horizon]:
-                    del self._slots[k]
+        self._slot(key)[1] += 1
 
     def try_spend(self, key: str) -> bool:
         """Take one retry from ``key``'s budget; ``False`` when it is spent."""
         budget = self.budget
+        horizon = int(self._clock()) - budget.ttl
+        current = self._slot(key)
         with self._lock:
-            current = self._current(key)
-            slots = self._slots[key]
-            requests = sum(s[1] for s in slots)
-            retries = sum(s[2] for s in slots)
+            requests = retries = 0
+            for _, shard in self._shards:
+                # list() copies in one C call: atomic under the GIL while the owner
+                # thread keeps appending.
+                for second, reqs, rets in list(shard.get(key, ())):
+                    if second > horizon:
+                        requests += reqs
+                        retries += rets
             if retries + 1 > budget.ratio * requests + budget.min_per_second * budget.ttl:
                 return False
             current[2] += 1
             return True
+
+
+def _alive(ref: weakref.ref[threading.Thread]) -> bool:
+    thread = ref()
+    return thread is not None and thread.is_alive()

@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
+from ._slots import Permits
+
 T = TypeVar("T")
 
 
@@ -28,7 +30,7 @@ class BoundedExecutor:
         # _lock guards _pool (creation and shutdown); _gate counts pending calls.
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
-        self._gate = threading.Semaphore(self.max_pending)
+        self._gate = Permits(self.max_pending)
 
     def after_fork(self) -> None:
         """Forget the parent's pool in a forked child: its threads do not exist here."""
@@ -43,7 +45,7 @@ class BoundedExecutor:
     def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
         """Schedule ``fn``; blocks while ``max_pending`` calls are already pending."""
         pool = self._get_pool()
-        self._gate.acquire()
+        self._gate.acquire(None)
         try:
             future = pool.submit(fn, *args, **kwargs)
         except BaseException:

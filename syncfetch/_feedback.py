@@ -53,6 +53,14 @@ def _structured_ratelimit(value: str) -> float | None:
     return longest
 
 
+_QUOTA_HEADERS = (
+    "RateLimit",
+    "RateLimit-Remaining",
+    "X-RateLimit-Remaining",
+    "X-Rate-Limit-Remaining",
+)
+
+
 def quota_wait(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """Seconds to hold a bucket key when the response says its quota is spent, else ``None``.
 

@@ -143,8 +143,9 @@ class KeyedLimiter:
 
     def paused_for(self, key: str) -> float:
         """Seconds left of a pause on ``key`` (0 when there is none)."""
-        with self._lock:
-            return max(0.0, self._paused.get(key, 0.0) - self._clock())
+        # A dict read is atomic under the GIL: no lock on this per-call path.
+        until = self._paused.get(key)
+        return 0.0 if until is None else max(0.0, until - self._clock())
 
     def acquire(self, key: str, deadline: float | None) -> Token:
         """Take one token for ``key``, waiting as the rates require.
@@ -154,6 +155,8 @@ class KeyedLimiter:
         :returns: the token, with the seconds spent waiting.
         :raises RateLimitExceeded: at once when the needed wait would pass ``deadline``.
         """
+        if not self.rates:
+            return Token(key, None, 0.0)
         start = self._clock()
         while True:
             with self._lock:
@@ -180,7 +183,9 @@ class KeyedLimiter:
         the token then keeps our windows at or behind the server's. The cap bounds
         what a slow server costs in throughput.
         """
-        item: RateItem = token.handle
+        item: RateItem | None = token.handle
+        if item is None:
+            return
         new = min(math.ceil(self._clock() * 1000), item.timestamp + self._settle_cap_ms)
         if new <= item.timestamp:
             return

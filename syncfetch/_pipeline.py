@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import functools
 import logging
+import re
 import time
 import weakref
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -54,12 +57,23 @@ CURRENT_CALL: contextvars.ContextVar[Call | None] = contextvars.ContextVar(
 )
 
 
+_ORIGIN = re.compile(r"[^:/?#]+://[^/?#]*")
+
+
 def bucket_key(url: str | None, per_host: bool) -> str:
     """``scheme://host:port`` for per-host limits, ``"*"`` for one session-wide bucket."""
     if not per_host or not url:
         return SESSION_KEY
+    match = _ORIGIN.match(url)
+    return _origin_key(match.group() if match else url)
+
+
+@functools.lru_cache(maxsize=4096)
+def _origin_key(origin: str) -> str:
+    # Cached: a session talks to a handful of origins, and parsing one costs
+    # microseconds on every call.
     try:
-        parts = urlsplit(url)
+        parts = urlsplit(origin)
         port = parts.port
     except ValueError:
         return SESSION_KEY
@@ -141,13 +155,16 @@ class Pipeline:
             if part is not None:
                 part.after_fork()
 
-    def _admit(self, key: str, deadline: float | None) -> tuple[Lease, Token, float]:
+    def _admit(
+        self, key: str, deadline: float | None
+    ) -> tuple[Lease, Token, float, dict[str, float]]:
         """Wait out a pause, then take a slot, wait for the adaptive pace, take a token.
 
         The token comes last so it is spent right before the send, and no slot is held
         through a server-requested pause.
 
-        :returns: the slot, the token and the send time (for adaptive feedback).
+        :returns: the slot, the token, the send time (for adaptive feedback) and the
+            waits, for the stats recorded with the attempt's outcome.
         """
         start = time.monotonic()
         limit = None if self.max_wait is None else start + self.max_wait
@@ -176,8 +193,8 @@ class Pipeline:
         except BaseException:
             lease.release()
             raise
-        self.stats.add(slot_wait=got_slot - before_slot, token_wait=token.waited + paced)
-        return lease, token, time.monotonic()
+        waits = {"slot_wait": got_slot - before_slot, "token_wait": token.waited + paced}
+        return lease, token, time.monotonic(), waits
 
     def send(self, adapter: BaseAdapter, request: PreparedRequest, **kwargs: Any) -> Response:
         """Send ``request`` through ``adapter`` with limits and retries.
@@ -192,10 +209,9 @@ class Pipeline:
         timeout = kwargs.pop("timeout", None)
         replayable = replayable_body(request)
         may_retry = replayable and policy.may_retry(request)
-        waits = policy.waits()
+        waits: Iterator[float] | None = None  # made on the first retry: most calls need none
         attempt = 0
         last: Response | RequestException | None = None
-        self.stats.add(requests=1)
         if self.budget is not None:
             self.budget.record_request(key)
         while True:
@@ -209,14 +225,16 @@ class Pipeline:
                     raise DeadlineExceeded(
                         f"deadline of {policy.deadline} s passed", request=request
                     )
-                lease, token, sent_at = self._admit(key, deadline)
+                lease, token, sent_at, counts = self._admit(key, deadline)
             except RequestException as exc:
-                if isinstance(exc, RateLimitExceeded):
-                    self.stats.add(rate_limited=1)
+                self.stats.add(
+                    requests=int(attempt == 1), rate_limited=int(isinstance(exc, RateLimitExceeded))
+                )
                 if last is None:
                     raise
                 return self._give_up(request, last, f"no capacity for a retry ({exc})")
-            self.stats.add(attempts=1)
+            counts["attempts"] = 1
+            counts["requests"] = int(attempt == 1)
             if call is not None:
                 call.attempts += 1
             started = time.monotonic()
@@ -233,7 +251,7 @@ class Pipeline:
                     read_body(resp, deadline)
             except Exception as exc:
                 lease.release()
-                self.stats.error(exc)
+                self.stats.error(exc, **counts)
                 if not isinstance(exc, RequestException) or isinstance(exc, DeadlineExceeded):
                     raise
                 can = replayable and ((may_retry and retryable_exception(exc)) or nothing_sent(exc))
@@ -242,6 +260,7 @@ class Pipeline:
                 why = self._why_not_retry(key, attempt)
                 if why:
                     return self._give_up(request, exc, why)
+                waits = waits or policy.waits()
                 wait = policy.jittered(next(waits))
                 if not self._backoff(request, wait, deadline, attempt, type(exc).__name__):
                     return self._give_up(request, exc, "deadline leaves no time for a retry")
@@ -249,7 +268,7 @@ class Pipeline:
                 continue
 
             status = resp.status_code
-            self.stats.status(status)
+            self.stats.status(status, **counts)
             throttled = is_throttle(status, resp.headers)
             if self.adaptive is not None:
                 self.adaptive.on_response(
@@ -270,6 +289,7 @@ class Pipeline:
             why = self._why_not_retry(key, attempt)
             if why:
                 return self._give_up(request, resp, why)
+            waits = waits or policy.waits()
             wait = policy.jittered(next(waits))
             retry_after = (
                 parse_retry_after(resp.headers.get("Retry-After"))

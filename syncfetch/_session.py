@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import threading
@@ -269,19 +268,24 @@ class Session(requests.Session):
         self, index: int, item: str | Request, method: str, kwargs: dict[str, Any]
     ) -> Result:
         start = time.monotonic()
-        with self._call_scope() as call:
-            try:
-                if isinstance(item, str):
-                    resp = self.request(method, item, **kwargs)
-                elif isinstance(item, Request):
-                    url = item.url or ""
-                    resp = self.request(item.method or method, url, **_merge(item, kwargs))
-                else:
-                    raise TypeError(
-                        f"map() items must be URL strings or requests.Request, not {item!r}"
-                    )
-            except Exception as exc:
-                return Result(index, item, None, exc, call.attempts, time.monotonic() - start)
+        # Pool threads run one item at a time, so the item's call is set here and
+        # reset after: its attempts (redirect hops included) are counted in it.
+        call = self._new_call()
+        token = CURRENT_CALL.set(call)
+        try:
+            if isinstance(item, str):
+                resp = self.request(method, item, **kwargs)
+            elif isinstance(item, Request):
+                url = item.url or ""
+                resp = self.request(item.method or method, url, **_merge(item, kwargs))
+            else:
+                raise TypeError(
+                    f"map() items must be URL strings or requests.Request, not {item!r}"
+                )
+        except Exception as exc:
+            return Result(index, item, None, exc, call.attempts, time.monotonic() - start)
+        finally:
+            CURRENT_CALL.reset(token)
         return Result(index, item, resp, None, call.attempts, time.monotonic() - start)
 
     def close(self) -> None:
@@ -344,27 +348,23 @@ class Session(requests.Session):
         :returns: the response; ``elapsed`` is the last attempt's time on the wire.
         """
         kwargs.setdefault("timeout", self.timeout)
-        with self._call_scope():
-            resp = super().send(request, **kwargs)
+        call = CURRENT_CALL.get()
+        if call is not None and call.owner is self:
+            resp = super().send(request, **kwargs)  # a redirect hop of the current call
+        else:
+            token = CURRENT_CALL.set(self._new_call())
+            try:
+                resp = super().send(request, **kwargs)
+            finally:
+                CURRENT_CALL.reset(token)
         wire = getattr(resp, "_syncfetch_wire_time", None)
         if wire is not None:
             resp.elapsed = timedelta(seconds=wire)
         return resp
 
-    @contextlib.contextmanager
-    def _call_scope(self) -> Iterator[Call]:
-        """The current call on this thread, or a new one (its deadline starts now)."""
-        call = CURRENT_CALL.get()
-        if call is not None and call.owner is self:
-            yield call
-            return
+    def _new_call(self) -> Call:
         deadline = self.retry.deadline
-        call = Call(self, None if deadline is None else time.monotonic() + deadline)
-        token = CURRENT_CALL.set(call)
-        try:
-            yield call
-        finally:
-            CURRENT_CALL.reset(token)
+        return Call(self, None if deadline is None else time.monotonic() + deadline)
 
     def get_adapter(self, url: str) -> BaseAdapter:
         """Like :meth:`requests.Session.get_adapter`; inside a call, the adapter is gated."""
