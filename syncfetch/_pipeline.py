@@ -33,7 +33,7 @@ from ._retry import (
     replayable_body,
     retryable_exception,
 )
-from ._slots import Lease, Slots
+from ._slots import Lease, Permits, Slots
 from ._stats import StatsRecorder
 
 log = logging.getLogger("syncfetch")
@@ -157,7 +157,7 @@ class Pipeline:
 
     def _admit(
         self, key: str, deadline: float | None
-    ) -> tuple[Lease, Token, float, dict[str, float]]:
+    ) -> tuple[Permits, Token, float, dict[str, float]]:
         """Wait out a pause, then take a slot, wait for the adaptive pace, take a token.
 
         The token comes last so it is spent right before the send, and no slot is held
@@ -183,7 +183,7 @@ class Pipeline:
             _timing.backoff_sleep(paused)
             self.stats.add(cooldown_wait=paused)
         before_slot = time.monotonic()
-        lease = self.slots.acquire(None if limit is None else limit - before_slot, key)
+        slot = self.slots.acquire(None if limit is None else limit - before_slot, key)
         got_slot = time.monotonic()
         try:
             paced = 0.0
@@ -191,10 +191,10 @@ class Pipeline:
                 paced, _ = self.adaptive.acquire(key, limit)
             token = self.limiter.acquire(key, limit)
         except BaseException:
-            lease.release()
+            slot.release()
             raise
         waits = {"slot_wait": got_slot - before_slot, "token_wait": token.waited + paced}
-        return lease, token, time.monotonic(), waits
+        return slot, token, time.monotonic(), waits
 
     def send(self, adapter: BaseAdapter, request: PreparedRequest, **kwargs: Any) -> Response:
         """Send ``request`` through ``adapter`` with limits and retries.
@@ -225,7 +225,7 @@ class Pipeline:
                     raise DeadlineExceeded(
                         f"deadline of {policy.deadline} s passed", request=request
                     )
-                lease, token, sent_at, counts = self._admit(key, deadline)
+                slot, token, sent_at, counts = self._admit(key, deadline)
             except RequestException as exc:
                 self.stats.add(
                     requests=int(attempt == 1), rate_limited=int(isinstance(exc, RateLimitExceeded))
@@ -250,7 +250,7 @@ class Pipeline:
                 if not stream:
                     read_body(resp, deadline)
             except Exception as exc:
-                lease.release()
+                slot.release()
                 self.stats.error(exc, **counts)
                 if not isinstance(exc, RequestException) or isinstance(exc, DeadlineExceeded):
                     raise
@@ -279,13 +279,15 @@ class Pipeline:
             retryable = status in policy.statuses or (429 in policy.statuses and throttled)
             if not (retryable and may_retry):
                 if stream:
-                    _hold_until_closed(resp, lease)
+                    # Released from several places (consumed, closed, collected): a
+                    # lease makes the release happen once.
+                    _hold_until_closed(resp, Lease(slot))
                 else:
-                    lease.release()
+                    slot.release()
                 return resp
 
             consume_quietly(resp)
-            lease.release()
+            slot.release()
             why = self._why_not_retry(key, attempt)
             if why:
                 return self._give_up(request, resp, why)

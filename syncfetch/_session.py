@@ -197,6 +197,7 @@ class Session(requests.Session):
         return HTTPAdapter(pool_maxsize=self.max_concurrency, max_retries=0)
 
     def _build_pipeline(self) -> None:
+        self._gated: dict[int, tuple[BaseAdapter, _GatedAdapter]] = {}
         # Twice the workers: enough queued work that no worker idles between calls.
         self._executor = BoundedExecutor(self.max_workers, max_pending=2 * self.max_workers)
         self._pipeline = Pipeline(
@@ -371,7 +372,11 @@ class Session(requests.Session):
         adapter = super().get_adapter(url)
         call = CURRENT_CALL.get()
         if call is not None and call.owner is self:
-            return _GatedAdapter(self._pipeline, adapter)
+            # One gate per mounted adapter, made once: this runs on every call.
+            entry = self._gated.get(id(adapter))
+            if entry is None or entry[0] is not adapter:
+                entry = self._gated[id(adapter)] = (adapter, _GatedAdapter(self._pipeline, adapter))
+            return entry[1]
         return adapter
 
     def mount(self, prefix: str, adapter: BaseAdapter) -> None:

@@ -86,8 +86,11 @@ class Slots:
         """Start afresh in a forked child: leases held by parent threads never come back."""
         self._sem = Permits(self.size)
 
-    def acquire(self, timeout: float | None, key: str) -> Lease:
-        """Wait for a slot.
+    def acquire(self, timeout: float | None, key: str) -> Permits:
+        """Wait for a slot; give it back with ``release()`` on the returned permits.
+
+        The permits are returned (not stored) so a slot taken before a fork is given
+        back to the pool it came from.
 
         :param timeout: seconds to wait at most, or ``None`` to wait as long as it takes.
         :param key: bucket key, for the error message.
@@ -99,4 +102,4 @@ class Slots:
                 f"no concurrency slot for {key} within max_wait ({self.size} in flight)",
                 key=key,
             )
-        return Lease(sem)
+        return sem
