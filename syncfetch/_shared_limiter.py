@@ -1,0 +1,301 @@
+"""What the SQLite and Redis limiters share: the ``on_backend_error`` policy, the
+per-process fallback limiter, and the fork hooks that keep their connections safe."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import threading
+import time
+import weakref
+from typing import TypeVar
+
+from pyrate_limiter import Rate
+
+from ._exceptions import BackendUnavailable, RateLimitExceeded
+from ._limiter import KeyedLimiter, Token
+
+log = logging.getLogger("syncfetch")
+T = TypeVar("T")
+
+# While a shared backend is down, "fallback" limiters probe it at most this often.
+RETRY_BACKEND_EVERY = 1.0
+
+
+# Every shared limiter of this process, for the fork hooks at the end of this module
+# (limiters used without a Session are reset too).
+_LIVE: weakref.WeakSet[SharedLimiter] = weakref.WeakSet()
+
+
+@dataclasses.dataclass(frozen=True)
+class _FallbackHandle:
+    """Handle of a token taken from the per-process fallback limiter during an outage."""
+
+    token: Token
+
+
+class SharedLimiter:
+    """What the SQLite and Redis limiters share: rates, settle cap, and backend failures.
+
+    Subclasses implement :meth:`_take`, :meth:`_settle`, :meth:`_pause`,
+    :meth:`_reset_after_fork` and :meth:`_close`, letting the exceptions listed in
+    ``errors`` escape when the backend fails; this class turns them into
+    :class:`BackendUnavailable` (``on_backend_error="raise"``) or into a fall back to
+    a per-process :class:`KeyedLimiter` with the same rates (``"fallback"``).
+
+    :param rates: binding rates, as returned by ``normalize_limits``.
+    :param margin: seconds added to every window, as in :class:`KeyedLimiter`.
+    :param on_backend_error: ``"raise"`` or ``"fallback"``.
+    :param name: the backend as named in messages (no credentials).
+    :param errors: exception types that mean "the backend failed".
+    """
+
+    def __init__(
+        self,
+        rates: list[Rate],
+        *,
+        margin: float,
+        on_backend_error: str,
+        name: str,
+        errors: tuple[type[BaseException], ...],
+    ) -> None:
+        if on_backend_error not in ("raise", "fallback"):
+            raise ValueError(
+                f"on_backend_error must be 'raise' or 'fallback', not {on_backend_error!r}"
+            )
+        margin_ms = int(margin * 1000)
+        self.rates = [Rate(r.limit, r.interval + margin_ms) for r in rates]
+        self.name = name
+        # Same cap as KeyedLimiter.settle: a tenth of the shortest window, at most 100 ms.
+        self._settle_cap_ms = min(100, self.rates[0].interval // 10) if rates else 0
+        # No rate counts an entry older than the longest window.
+        self._horizon_ms = max((r.interval for r in self.rates), default=0)
+        self._errors = errors
+        self._fallback = (
+            KeyedLimiter(rates, margin=margin) if on_backend_error == "fallback" else None
+        )
+        # _state_lock guards _down and _probe_at (the outage bookkeeping).
+        self._state_lock = threading.Lock()
+        self._down = False
+        self._probe_at = 0.0
+        _LIVE.add(self)
+
+    # -- the Limiter protocol ------------------------------------------------------------
+
+    def acquire(self, key: str, deadline: float | None) -> Token:
+        """Take one token for ``key`` from the shared backend, waiting as the rates require.
+
+        :param key: the bucket key.
+        :param deadline: monotonic time by which the token must be taken, or ``None``.
+        :returns: the token, with the seconds spent waiting.
+        :raises RateLimitExceeded: at once when the needed wait would pass ``deadline``.
+        :raises BackendUnavailable: when the backend fails and ``on_backend_error="raise"``.
+        """
+        if not self.rates:
+            # Nothing to count: pauses are waited out before the slot (paused_for), as
+            # with KeyedLimiter, so no backend call at all.
+            return Token(key, None, 0.0)
+        start = time.monotonic()
+        if self._fallback is not None and self._skip_backend(start):
+            return self._fallback_acquire(key, deadline, start)
+        try:
+            token = self._take(key, deadline, start)
+        except self._errors as exc:
+            self._mark_down(exc)
+            if self._fallback is None:
+                raise BackendUnavailable(
+                    f"rate-limit backend {self.name} is unavailable: {exc}"
+                ) from exc
+            return self._fallback_acquire(key, deadline, start)
+        if self._down:
+            self._mark_up()
+        return token
+
+    def settle(self, token: Token) -> None:
+        """Re-date ``token`` to when its response arrived, capped (see ``KeyedLimiter.settle``).
+
+        A backend failure here is only logged: the token then keeps its earlier date,
+        which costs at most the cap in accuracy, and the response is already in hand.
+        """
+        handle = token.handle
+        if handle is None:
+            return
+        if isinstance(handle, _FallbackHandle):
+            assert self._fallback is not None
+            self._fallback.settle(handle.token)
+            return
+        try:
+            self._settle(token)
+        except self._errors as exc:
+            log.debug("syncfetch: could not settle a token on %s: %s", self.name, exc)
+
+    def pause(self, key: str, seconds: float) -> None:
+        """Hold back every token for ``key`` for ``seconds``, in every process.
+
+        A backend failure is not raised (the server's answer is already in hand); the
+        pause then holds in this process's fallback limiter, if any.
+        """
+        if self._fallback is not None:
+            self._fallback.pause(key, seconds)
+        try:
+            self._pause(key, seconds)
+        except self._errors as exc:
+            self._mark_down(exc)
+
+    def paused_for(self, key: str) -> float:
+        """Seconds left of a pause on ``key`` set by any process (0 when there is none).
+
+        A backend failure is not raised here: the ``acquire`` that follows raises it
+        (or falls back); meanwhile the fallback limiter's pause, if any, answers.
+        """
+        local = self._fallback.paused_for(key) if self._fallback is not None else 0.0
+        if self._fallback is not None and self._down and time.monotonic() < self._probe_at:
+            return local
+        try:
+            return max(local, self._paused_for(key))
+        except self._errors as exc:
+            self._mark_down(exc)
+            return local
+
+    def after_fork(self) -> None:
+        """In a forked child: new locks, and no connection inherited from the parent."""
+        self._state_lock = threading.Lock()
+        if self._fallback is not None:
+            self._fallback.after_fork()
+        self._reset_after_fork()
+
+    def close(self) -> None:
+        """Close this process's connection to the backend."""
+        self._close()
+
+    # -- outage bookkeeping --------------------------------------------------------------
+
+    def _skip_backend(self, now: float) -> bool:
+        """True while in an outage, except for one probe of the backend per interval."""
+        with self._state_lock:
+            if not self._down:
+                return False
+            if now >= self._probe_at:
+                self._probe_at = now + RETRY_BACKEND_EVERY
+                return False
+            return True
+
+    def _mark_down(self, exc: BaseException) -> None:
+        with self._state_lock:
+            first = not self._down
+            self._down = True
+            self._probe_at = time.monotonic() + RETRY_BACKEND_EVERY
+        if first:
+            then = (
+                "limiting per process until it is back"
+                if self._fallback is not None
+                else "calls fail with BackendUnavailable until it is back"
+            )
+            log.warning(
+                "syncfetch: rate-limit backend %s is unavailable (%s: %s); %s",
+                self.name,
+                type(exc).__name__,
+                exc,
+                then,
+                extra={"syncfetch_backend": self.name},
+            )
+
+    def _mark_up(self) -> None:
+        with self._state_lock:
+            was_down, self._down = self._down, False
+        if was_down:
+            log.info(
+                "syncfetch: rate-limit backend %s is back",
+                self.name,
+                extra={"syncfetch_backend": self.name},
+            )
+
+    def _fallback_acquire(self, key: str, deadline: float | None, start: float) -> Token:
+        assert self._fallback is not None
+        token = self._fallback.acquire(key, deadline)
+        return Token(key, _FallbackHandle(token), time.monotonic() - start)
+
+    def backend_down(self) -> bool:
+        """Whether the last use of the backend failed (for tests and stats)."""
+        return self._down
+
+    # -- what a backend implements -------------------------------------------------------
+
+    def _take(self, key: str, deadline: float | None, start: float) -> Token:
+        raise NotImplementedError
+
+    def _settle(self, token: Token) -> None:
+        raise NotImplementedError
+
+    def _pause(self, key: str, seconds: float) -> None:
+        raise NotImplementedError
+
+    def _paused_for(self, key: str) -> float:
+        raise NotImplementedError
+
+    def _reset_after_fork(self) -> None:
+        raise NotImplementedError
+
+    def _fork_lock(self) -> threading.Lock | None:
+        """A lock to hold across ``fork()`` so that no thread is inside the backend's
+        client library at that moment (``None``: no need)."""
+        return None
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+    def _settled_time(self, taken_ms: int, taken_at: float) -> int:
+        """The re-dated time of a token dated ``taken_ms`` on the backend's clock.
+
+        Measured with the local monotonic clock from ``taken_at``, a moment at or before
+        the backend read its clock, so the result is never earlier than the backend's
+        time now; the backend's clock need not be read again, and wall-clock steps do
+        not matter.
+        """
+        elapsed_ms = math.ceil((time.monotonic() - taken_at) * 1000)
+        return taken_ms + min(elapsed_ms, self._settle_cap_ms)
+
+
+def raise_if_late(key: str, wait_ms: int, deadline: float | None) -> None:
+    """Raise ``RateLimitExceeded`` if waiting ``wait_ms`` would pass ``deadline``."""
+    if deadline is not None and time.monotonic() + wait_ms / 1000 > deadline:
+        wait = wait_ms / 1000
+        raise RateLimitExceeded(
+            f"no rate-limit token for {key} within max_wait (next in {wait:.3f} s)",
+            key=key,
+            retry_after=wait,
+        )
+
+
+# A waiter refreshes its ticket every time it wakes; one that has not done so this long
+# after its planned wake-up is presumed dead.
+TICKET_GRACE_MS = 2000
+
+
+def _lock_all() -> None:
+    """Before fork: wait (up to a second each) for in-flight SQLite transactions, so no
+    thread is inside SQLite, holding its internal mutexes, at the moment of fork (the
+    child would deadlock opening its own connection)."""
+    for limiter in list(_LIVE):
+        lock = limiter._fork_lock()
+        if lock is not None and lock.acquire(timeout=1.0):
+            _HELD.append(lock)
+
+
+def _unlock_all() -> None:
+    while _HELD:
+        _HELD.pop().release()
+
+
+def _reset_all() -> None:
+    _HELD.clear()
+    for limiter in list(_LIVE):
+        limiter.after_fork()
+
+
+# Locks taken by _lock_all, released in the parent after fork (replaced in the child).
+_HELD: list[threading.Lock] = []
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_lock_all, after_in_parent=_unlock_all, after_in_child=_reset_all)
