@@ -36,11 +36,13 @@ class Table:
 
 
 def machine_line() -> str:
-    """Date, platform, Python version and core count, for the header of every table."""
+    """Date, platform, Python version, core count and 1-minute load, heading every table."""
     today = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    # Other work on the machine skews every figure; the load average shows whether there was any.
+    load = f" | load {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
     return (
         f"{today} | {platform.platform()} | Python {platform.python_version()} | "
-        f"{os.cpu_count()} cores"
+        f"{os.cpu_count()} cores{load}"
     )
 
 

@@ -85,7 +85,7 @@ class _Handler(BaseHTTPRequestHandler):
         now = time.monotonic()
         self.wfile.write(_OK if self.server.window.admit(now) else _BUSY)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - base signature
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
