@@ -2,7 +2,12 @@
 
 from ._adaptive import Adaptive
 from ._budget import RetryBudget
-from ._exceptions import BackendUnavailable, DeadlineExceeded, RateLimitExceeded
+from ._exceptions import (
+    BackendUnavailable,
+    DeadlineExceeded,
+    RateLimitExceeded,
+    SessionClosed,
+)
 from ._rates import parse_rate
 from ._result import Result
 from ._retry import RetryPolicy
@@ -21,6 +26,7 @@ __all__ = [
     "RetryBudget",
     "RetryPolicy",
     "Session",
+    "SessionClosed",
     "Stats",
     "UNSET",
     "__version__",

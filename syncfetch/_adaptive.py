@@ -122,7 +122,7 @@ class AdaptiveLimiter:
             # Smooth pacing, no burst: a strict server's window is unknown, and a
             # burst is what a sliding window punishes.
             send_at = max(state.next_send, start)
-            if deadline is not None and send_at > deadline:
+            if send_at > start and deadline is not None and send_at > deadline:
                 raise RateLimitExceeded(
                     f"adaptive rate for {key} is {state.rate:.1f}/s: next send in "
                     f"{send_at - start:.3f} s",

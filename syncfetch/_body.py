@@ -20,12 +20,13 @@ from ._exceptions import DeadlineExceeded
 _CHUNK = 64 * 1024
 
 
-def read_body(resp: Response, deadline: float | None) -> None:
+def read_body(resp: Response, deadline: float | None, read_timeout: float | None = None) -> None:
     """Load ``resp.content`` now, so a body cut short fails inside the attempt.
 
     A read timeout applies to each socket read, so a server trickling bytes can hold
     a plain ``resp.content`` for ever. With a deadline, the body is read in pieces
-    with the socket timeout set to the time left, and the read stops at the deadline.
+    with the socket timeout set to the read timeout or the time left, whichever is
+    shorter, and the read stops at the deadline.
 
     :raises DeadlineExceeded: when the deadline passes before the body is complete.
     :raises requests.RequestException: as ``resp.content`` would raise it.
@@ -42,7 +43,7 @@ def read_body(resp: Response, deadline: float | None) -> None:
                 raise DeadlineExceeded(
                     "deadline passed while reading the response body", response=resp
                 )
-            _set_socket_timeout(raw, left)
+            _set_socket_timeout(raw, left if read_timeout is None else min(left, read_timeout))
             data = raw.read1(_CHUNK)
             if not data:
                 break

@@ -54,6 +54,9 @@ class BudgetTracker:
         # _lock guards _shards (registration, pruning) and makes each spend atomic.
         self._lock = threading.Lock()
         self._shards: list[tuple[weakref.ref[threading.Thread], dict[str, deque[list[int]]]]] = []
+        # Counts of threads that have ended, per key and second: a server that starts a
+        # thread per request must not get a fresh budget with each thread.
+        self._retired: dict[str, dict[int, list[int]]] = {}
 
     def after_fork(self) -> None:
         self.__init__(self.budget, self._clock)  # type: ignore[misc]
@@ -63,11 +66,32 @@ class BudgetTracker:
         if shard is None:
             shard = self._local.shard = {}
             with self._lock:
-                # A thread that has ended counts no more, and its history expires
-                # within ttl anyway: drop it so thread churn keeps the list short.
-                self._shards = [(ref, sh) for ref, sh in self._shards if _alive(ref)]
+                alive = []
+                for ref, other in self._shards:
+                    if _alive(ref):
+                        alive.append((ref, other))
+                    else:
+                        self._retire(other)
+                self._shards = alive
                 self._shards.append((weakref.ref(threading.current_thread()), shard))
         return shard
+
+    def _retire(self, shard: dict[str, deque[list[int]]]) -> None:
+        """Fold an ended thread's counts into ``_retired`` (under ``_lock``)."""
+        horizon = int(self._clock()) - self.budget.ttl
+        for key, slots in shard.items():
+            seconds = self._retired.setdefault(key, {})
+            for second, reqs, rets in slots:
+                if second > horizon:
+                    total = seconds.setdefault(second, [0, 0])
+                    total[0] += reqs
+                    total[1] += rets
+        for key in list(self._retired):
+            seconds = self._retired[key]
+            for second in [s for s in seconds if s <= horizon]:
+                del seconds[second]
+            if not seconds:
+                del self._retired[key]
 
     def _slot(self, key: str) -> list[int]:
         now = int(self._clock())
@@ -98,6 +122,10 @@ class BudgetTracker:
         current = self._slot(key)
         with self._lock:
             requests = retries = 0
+            for second, (reqs, rets) in self._retired.get(key, {}).items():
+                if second > horizon:
+                    requests += reqs
+                    retries += rets
             for _, shard in self._shards:
                 # list() copies in one C call: atomic under the GIL while the owner
                 # thread keeps appending.

@@ -48,3 +48,8 @@ class BackendUnavailable(RequestException):
     Raised before anything is sent, so the limit is never silently exceeded. Pass
     ``on_backend_error="fallback"`` to limit per process while the backend is down.
     """
+
+
+class SessionClosed(RequestException):
+    """The session was closed while this call waited (for a token, a slot, a backoff or a
+    server-requested pause); nothing more was sent for it."""

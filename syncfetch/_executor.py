@@ -82,7 +82,11 @@ class BoundedExecutor:
                 if not pending:
                     return
                 if ordered:
-                    yield pending.popleft().result()
+                    # Wait before popping, so an interrupt here leaves the future in
+                    # `pending` for the cancellation below.
+                    result = pending[0].result()
+                    pending.popleft()
+                    yield result
                 else:
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for future in [f for f in pending if f in done]:

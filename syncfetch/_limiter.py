@@ -48,6 +48,10 @@ class Limiter(Protocol):
     limiters (shared by processes). Every method is thread-safe.
     """
 
+    #: How the limiter sleeps while waiting for a token; the session replaces it with
+    #: a sleep that ends (raising) when the session is closed.
+    sleep: Callable[[float], None]
+
     def acquire(self, key: str, deadline: float | None) -> Token:
         """Take a token for ``key``, or raise ``RateLimitExceeded`` at once if the wait
         would pass ``deadline`` (a ``time.monotonic()`` value; ``None`` = no bound)."""
@@ -102,7 +106,7 @@ class KeyedLimiter:
         # A token is re-dated by at most a tenth of the shortest window, and 100 ms.
         self._settle_cap_ms = min(100, self.rates[0].interval // 10) if rates else 0
         self._clock = clock
-        self._sleep = sleep
+        self.sleep = sleep
         # _lock guards _buckets, _paused, _next_sweep and every bucket put/leak, so a
         # check-and-take is atomic across threads. Never held while sleeping.
         self._lock = threading.Lock()
@@ -117,7 +121,7 @@ class KeyedLimiter:
             "rates": self.rates,
             "_settle_cap_ms": self._settle_cap_ms,
             "_clock": self._clock,
-            "_sleep": self._sleep,
+            "sleep": self.sleep,
         }
 
     def __setstate__(self, state: dict[str, object]) -> None:
@@ -171,7 +175,7 @@ class KeyedLimiter:
                     key=key,
                     retry_after=wait,
                 )
-            self._sleep(wait)
+            self.sleep(wait)
 
     def settle(self, token: Token) -> None:
         """Re-date a token to now (capped), once its request is known to have arrived.

@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import logging
 import re
+import threading
 import time
 import weakref
 from collections.abc import Iterator
@@ -17,12 +18,13 @@ from requests import PreparedRequest, Response
 from requests.adapters import BaseAdapter
 from requests.exceptions import RequestException
 from requests.utils import rewind_body
+from urllib3.util import Timeout as Urllib3Timeout
 
 from . import _timing
 from ._adaptive import AdaptiveLimiter
 from ._body import consume_quietly, read_body
 from ._budget import BudgetTracker
-from ._exceptions import DeadlineExceeded, RateLimitExceeded
+from ._exceptions import DeadlineExceeded, RateLimitExceeded, SessionClosed
 from ._feedback import is_throttle, server_wait
 from ._limiter import Limiter, Token
 from ._redact import safe_url
@@ -86,6 +88,8 @@ def _origin_key(origin: str) -> str:
 
 def _attempt_timeout(timeout: Any, deadline: float | None) -> Any:
     """Shrink the per-attempt timeout to the time left before the deadline."""
+    if isinstance(timeout, Urllib3Timeout):
+        timeout = (timeout.connect_timeout, timeout.read_timeout)
     if deadline is None:
         return timeout
     left = max(deadline - time.monotonic(), 0.001)
@@ -98,6 +102,13 @@ def _attempt_timeout(timeout: Any, deadline: float | None) -> Any:
             left if read is None else min(read, left),
         )
     return (min(timeout, left), min(timeout, left))
+
+
+def _read_timeout(timeout: Any) -> float | None:
+    """The read part of a requests timeout (a number, a pair, or None)."""
+    if isinstance(timeout, tuple):
+        timeout = timeout[1]
+    return timeout if isinstance(timeout, (int, float)) else None
 
 
 def _hold_until_closed(resp: Response, lease: Lease) -> None:
@@ -144,6 +155,9 @@ class Pipeline:
         self.adaptive = adaptive
         self.rate_limit_headers = rate_limit_headers
         self.budget = BudgetTracker(policy.budget) if policy.budget is not None else None
+        # Set by Session.close(): every limit, backoff and pause wait ends at once.
+        self.closing = threading.Event()
+        limiter.sleep = self._sleep
         self.limiter = limiter
         self.slots = slots
         self.per_host = per_host
@@ -151,9 +165,35 @@ class Pipeline:
         self.stats = stats
 
     def after_fork(self) -> None:
+        self.closing = threading.Event()
         for part in (self.limiter, self.slots, self.stats, self.budget, self.adaptive):
             if part is not None:
                 part.after_fork()
+
+    def _sleep(self, seconds: float) -> None:
+        """A limit wait: ends early, raising, when the session is closed."""
+        if self.closing.wait(seconds):
+            raise SessionClosed("the session was closed while this call waited")
+
+    def _requested_sleep(self, seconds: float) -> None:
+        """A backoff or server-requested wait: skipped in testing mode, ended by close()."""
+        if seconds > 0 and not _timing.is_testing():
+            self._sleep(seconds)
+
+    def _wait_out_pause(self, key: str, limit: float | None) -> None:
+        paused = self.limiter.paused_for(key)
+        if paused <= 0:
+            return
+        if paused > self.policy.retry_after_max or (
+            limit is not None and time.monotonic() + paused > limit
+        ):
+            raise RateLimitExceeded(
+                f"{key} is paused for {paused:.1f} s at the server's request",
+                key=key,
+                retry_after=paused,
+            )
+        self.stats.add(cooldown_wait=paused)
+        self._requested_sleep(paused)
 
     def _admit(
         self, key: str, deadline: float | None
@@ -166,35 +206,28 @@ class Pipeline:
         :returns: the slot, the token, the send time (for adaptive feedback) and the
             waits, for the stats recorded with the attempt's outcome.
         """
-        start = time.monotonic()
-        limit = None if self.max_wait is None else start + self.max_wait
+        limit = None if self.max_wait is None else time.monotonic() + self.max_wait
         if deadline is not None:
             limit = deadline if limit is None else min(limit, deadline)
-        paused = self.limiter.paused_for(key)
-        if paused > 0:
-            if paused > self.policy.retry_after_max or (
-                limit is not None and start + paused > limit
-            ):
-                raise RateLimitExceeded(
-                    f"{key} is paused for {paused:.1f} s at the server's request",
-                    key=key,
-                    retry_after=paused,
-                )
-            _timing.backoff_sleep(paused)
-            self.stats.add(cooldown_wait=paused)
-        before_slot = time.monotonic()
-        slot = self.slots.acquire(None if limit is None else limit - before_slot, key)
-        got_slot = time.monotonic()
-        try:
-            paced = 0.0
-            if self.adaptive is not None:
-                paced, _ = self.adaptive.acquire(key, limit)
-            token = self.limiter.acquire(key, limit)
-        except BaseException:
+        while True:
+            self._wait_out_pause(key, limit)
+            before_slot = time.monotonic()
+            slot = self.slots.acquire(None if limit is None else limit - before_slot, key)
+            got_slot = time.monotonic()
+            try:
+                paced = 0.0
+                if self.adaptive is not None:
+                    paced, _ = self.adaptive.acquire(key, limit)
+                token = self.limiter.acquire(key, limit)
+            except BaseException:
+                slot.release()
+                raise
+            if self.limiter.paused_for(key) <= 0:
+                waits = {"slot_wait": got_slot - before_slot, "token_wait": token.waited + paced}
+                return slot, token, time.monotonic(), waits
+            # A pause began while this call waited for its turn: sending now would
+            # collect the refusal the pause is there to avoid. The token stays spent.
             slot.release()
-            raise
-        waits = {"slot_wait": got_slot - before_slot, "token_wait": token.waited + paced}
-        return slot, token, time.monotonic(), waits
 
     def send(self, adapter: BaseAdapter, request: PreparedRequest, **kwargs: Any) -> Response:
         """Send ``request`` through ``adapter`` with limits and retries.
@@ -216,10 +249,8 @@ class Pipeline:
             self.budget.record_request(key)
         while True:
             attempt += 1
-            if attempt > 1:
-                if request._body_position is not None:
-                    rewind_body(request)
-                self.stats.add(retries=1)
+            if attempt > 1 and request._body_position is not None:
+                rewind_body(request)
             try:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise DeadlineExceeded(
@@ -230,84 +261,126 @@ class Pipeline:
                 self.stats.add(
                     requests=int(attempt == 1), rate_limited=int(isinstance(exc, RateLimitExceeded))
                 )
-                if last is None:
+                if last is None or isinstance(exc, SessionClosed):
                     raise
                 return self._give_up(request, last, f"no capacity for a retry ({exc})")
             counts["attempts"] = 1
             counts["requests"] = int(attempt == 1)
+            counts["retries"] = int(attempt > 1)
             if call is not None:
                 call.attempts += 1
-            started = time.monotonic()
+            outcome: Response | RequestException
             try:
-                try:
-                    resp = adapter.send(
-                        request, timeout=_attempt_timeout(timeout, deadline), **kwargs
-                    )
-                finally:
-                    self.limiter.settle(token)
-                resp._syncfetch_wire_time = time.monotonic() - started  # type: ignore[attr-defined]
+                outcome = self._attempt(
+                    adapter,
+                    request,
+                    key,
+                    slot,
+                    token,
+                    sent_at,
+                    counts,
+                    timeout,
+                    deadline,
+                    stream,
+                    kwargs,
+                )
+            except RequestException as exc:
+                if isinstance(exc, DeadlineExceeded):
+                    raise
+                if not (
+                    replayable and ((may_retry and retryable_exception(exc)) or nothing_sent(exc))
+                ):
+                    raise
+                outcome = exc
+            if isinstance(outcome, Response) and not (may_retry and self._retryable(outcome)):
+                return outcome
+            why = self._why_not_retry(key, attempt)
+            if why:
+                return self._give_up(request, outcome, why)
+            waits = waits or policy.waits()
+            wait = policy.jittered(next(waits))
+            if isinstance(outcome, Response):
+                retry_after = (
+                    parse_retry_after(outcome.headers.get("Retry-After"))
+                    if policy.respect_retry_after
+                    else None
+                )
+                if retry_after is not None:
+                    if retry_after > policy.retry_after_max:
+                        return self._give_up(
+                            request, outcome, f"Retry-After {retry_after:.0f} s > retry_after_max"
+                        )
+                    # The server's figure is not shortened by jitter.
+                    wait = retry_after
+                reason = str(outcome.status_code)
+            else:
+                reason = type(outcome).__name__
+            if not self._backoff(request, wait, deadline, attempt, reason):
+                return self._give_up(request, outcome, "deadline leaves no time for a retry")
+            last = outcome
+
+    def _retryable(self, resp: Response) -> bool:
+        statuses = self.policy.statuses
+        return resp.status_code in statuses or (
+            429 in statuses and is_throttle(resp.status_code, resp.headers)
+        )
+
+    def _attempt(
+        self,
+        adapter: BaseAdapter,
+        request: PreparedRequest,
+        key: str,
+        slot: Permits,
+        token: Token,
+        sent_at: float,
+        counts: dict[str, float],
+        timeout: Any,
+        deadline: float | None,
+        stream: bool,
+        kwargs: dict[str, Any],
+    ) -> Response:
+        """One attempt on the wire, holding ``slot``; the slot is given back on every path.
+
+        A final streamed response keeps its slot until it is consumed, closed or
+        collected; any other response has been read and releases it here.
+        """
+        handed_over = False
+        try:
+            started = time.monotonic()
+            attempt_timeout = _attempt_timeout(timeout, deadline)
+            try:
+                resp = adapter.send(request, timeout=attempt_timeout, **kwargs)
+            finally:
+                self.limiter.settle(token)
+            resp._syncfetch_wire_time = time.monotonic() - started  # type: ignore[attr-defined]
+            try:
                 self._listen(key, resp)
                 if not stream:
-                    read_body(resp, deadline)
-            except Exception as exc:
-                slot.release()
-                self.stats.error(exc, **counts)
-                if not isinstance(exc, RequestException) or isinstance(exc, DeadlineExceeded):
-                    raise
-                can = replayable and ((may_retry and retryable_exception(exc)) or nothing_sent(exc))
-                if not can:
-                    raise
-                why = self._why_not_retry(key, attempt)
-                if why:
-                    return self._give_up(request, exc, why)
-                waits = waits or policy.waits()
-                wait = policy.jittered(next(waits))
-                if not self._backoff(request, wait, deadline, attempt, type(exc).__name__):
-                    return self._give_up(request, exc, "deadline leaves no time for a retry")
-                last = exc
-                continue
-
+                    read_body(resp, deadline, _read_timeout(attempt_timeout))
+            except BaseException:
+                resp.close()
+                raise
             status = resp.status_code
-            self.stats.status(status, **counts)
             throttled = is_throttle(status, resp.headers)
             if self.adaptive is not None:
                 self.adaptive.on_response(
-                    key,
-                    sent_at,
-                    throttled or (status == 503 and "Retry-After" in resp.headers),
+                    key, sent_at, throttled or (status == 503 and "Retry-After" in resp.headers)
                 )
-            retryable = status in policy.statuses or (429 in policy.statuses and throttled)
-            if not (retryable and may_retry):
-                if stream:
-                    # Released from several places (consumed, closed, collected): a
-                    # lease makes the release happen once.
-                    _hold_until_closed(resp, Lease(slot))
-                else:
-                    slot.release()
-                return resp
-
-            consume_quietly(resp)
-            slot.release()
-            why = self._why_not_retry(key, attempt)
-            if why:
-                return self._give_up(request, resp, why)
-            waits = waits or policy.waits()
-            wait = policy.jittered(next(waits))
-            retry_after = (
-                parse_retry_after(resp.headers.get("Retry-After"))
-                if policy.respect_retry_after
-                else None
-            )
-            if retry_after is not None:
-                if retry_after > policy.retry_after_max:
-                    return self._give_up(
-                        request, resp, f"Retry-After {retry_after:.0f} s > retry_after_max"
-                    )
-                # The server's figure is not shortened by jitter.
-                wait = retry_after
-            if not self._backoff(request, wait, deadline, attempt, str(status)):
-                return self._give_up(request, resp, "deadline leaves no time for a retry")
-            last = resp
+            if self._retryable(resp):
+                consume_quietly(resp)
+            elif stream:
+                # Released from several places (consumed, closed, collected): a lease
+                # makes the release happen once.
+                _hold_until_closed(resp, Lease(slot))
+                handed_over = True
+            self.stats.status(status, **counts)
+            return resp
+        except Exception as exc:
+            self.stats.error(exc, **counts)
+            raise
+        finally:
+            if not handed_over:
+                slot.release()
 
     def _why_not_retry(self, key: str, attempt: int) -> str:
         """Why the attempt just failed may not be retried ("" when it may)."""
@@ -329,7 +402,8 @@ class Pipeline:
         )
         if wait is None or wait <= 0:
             return
-        wait = min(wait, policy.retry_after_max)
+        # The whole pause is kept, even past retry_after_max: calls then fail fast
+        # with RateLimitExceeded instead of sending while the server still refuses.
         self.limiter.pause(key, wait)
         self.stats.add(cooldowns=1)
         log.info(
@@ -356,7 +430,7 @@ class Pipeline:
             extra={"syncfetch_wait": wait, "syncfetch_attempt": attempt, "syncfetch_reason": why},
         )
         self.stats.add(backoff_wait=wait)
-        _timing.backoff_sleep(wait)
+        self._requested_sleep(wait)
         return True
 
     def _give_up(

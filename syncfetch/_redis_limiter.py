@@ -286,7 +286,7 @@ class RedisLimiter(SharedLimiter):
                     return Token(key, _Member(zkey, member, now, sent), time.monotonic() - start)
                 queued = bool(waiter)
                 raise_if_late(key, wait, deadline)
-                time.sleep(wait / 1000)
+                self.sleep(wait / 1000)
         except BaseException:
             if queued:
                 # Best effort (the script already left the queue on a deadline; an

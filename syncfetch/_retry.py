@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import email.utils
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import backoff
@@ -176,7 +176,3 @@ def replayable_body(request: PreparedRequest) -> bool:
     if body is None or isinstance(body, (bytes, str)):
         return True
     return isinstance(getattr(request, "_body_position", None), int)
-
-
-def statuses_str(statuses: Iterable[int]) -> str:
-    return ", ".join(str(s) for s in sorted(statuses))

@@ -290,10 +290,20 @@ class Session(requests.Session):
         return Result(index, item, resp, None, call.attempts, time.monotonic() - start)
 
     def close(self) -> None:
-        """Cancel pool work not yet started, wait for running calls, close connections."""
-        self._executor.shutdown()
-        self._pipeline.limiter.close()
-        super().close()
+        """Cancel pool work not yet started, end every wait, close connections.
+
+        Calls waiting for a token, a slot, a backoff or a server-requested pause raise
+        :class:`SessionClosed` at once; calls on the wire end within their timeouts. The
+        session may be used again afterwards, as a requests session may.
+        """
+        pipeline = self._pipeline
+        pipeline.closing.set()
+        try:
+            self._executor.shutdown()
+            pipeline.limiter.close()
+            super().close()
+        finally:
+            pipeline.closing = threading.Event()
 
     @property
     def stats(self) -> Stats:
@@ -401,9 +411,6 @@ class Session(requests.Session):
                 adapters[key] = adapters.pop(key)
             self.adapters = adapters
 
-    def __getstate__(self) -> dict[str, Any]:
-        return super().__getstate__()
-
     def __setstate__(self, state: Mapping[str, Any]) -> None:
         super().__setstate__(dict(state))
         self._mount_lock = threading.Lock()
@@ -414,6 +421,8 @@ class Session(requests.Session):
         """In a forked child: new locks, and connection pools not shared with the parent."""
         self._mount_lock = threading.Lock()
         self._executor.after_fork()
+        # A parent thread may have held the cookie jar's lock at fork time.
+        self.cookies._cookies_lock = threading.RLock()  # type: ignore[attr-defined]
         self._pipeline.after_fork()
         for adapter in self.adapters.values():
             if isinstance(adapter, HTTPAdapter):
@@ -430,9 +439,15 @@ class Session(requests.Session):
 def _merge(item: Request, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments for one Request item: its own fields win over the batch's."""
     merged = dict(kwargs)
-    for name in ("params", "data", "cookies", "files", "auth", "json"):
+    # Request() turns absent params, data and files into empty containers, but keeps
+    # json and auth as None, so json=[] or json=0 still counts as given.
+    for name in ("params", "data", "cookies", "files"):
         value = getattr(item, name)
         if value:
+            merged[name] = value
+    for name in ("auth", "json"):
+        value = getattr(item, name)
+        if value is not None:
             merged[name] = value
     if item.headers:
         merged["headers"] = {**(kwargs.get("headers") or {}), **item.headers}
@@ -467,3 +482,17 @@ def _reinit_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reinit_after_fork)
+
+
+def _end_waits_at_exit() -> None:
+    # The interpreter joins pool threads before atexit handlers run: end their waits
+    # first, so exit never sits through a token, backoff or pause wait.
+    for session in list(_SESSIONS):
+        session._pipeline.closing.set()
+
+
+# threading._register_atexit is what concurrent.futures itself uses to stop its pools
+# before the joins; registered after it, ours runs first.
+_register_atexit = getattr(threading, "_register_atexit", None)
+if _register_atexit is not None:
+    _register_atexit(_end_waits_at_exit)

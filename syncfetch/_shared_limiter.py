@@ -10,6 +10,7 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import TypeVar
 
 from pyrate_limiter import Rate
@@ -80,6 +81,7 @@ class SharedLimiter:
         self._state_lock = threading.Lock()
         self._down = False
         self._probe_at = 0.0
+        self.sleep: Callable[[float], None] = time.sleep
         _LIVE.add(self)
 
     # -- the Limiter protocol ------------------------------------------------------------

@@ -290,7 +290,7 @@ class SQLiteLimiter(SharedLimiter):
                         self._maybe_sweep()
                         return Token(key, step.row, time.monotonic() - start)
                 raise_if_late(key, step.wait_ms, deadline)
-                time.sleep(step.wait_ms / 1000)
+                self.sleep(step.wait_ms / 1000)
         except BaseException:
             if ticket is not None:
                 self._drop_ticket(ticket)

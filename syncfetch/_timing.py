@@ -1,15 +1,9 @@
-"""Clock and sleep used by every wait, and the testing switch that removes backoff waits."""
+"""The testing switch that removes backoff and server-requested waits."""
 
 from __future__ import annotations
 
-import threading
-import time
-
-monotonic = time.monotonic
-
-# Guarded by the GIL: a bool assignment is atomic, and readers only need a recent value.
+# A bool assignment is atomic and readers only need a recent value: no lock.
 _testing = False
-_testing_lock = threading.Lock()
 
 
 def set_testing(enabled: bool = True) -> None:
@@ -23,8 +17,7 @@ def set_testing(enabled: bool = True) -> None:
     :param enabled: ``True`` to skip retry waits, ``False`` to restore them.
     """
     global _testing
-    with _testing_lock:
-        _testing = bool(enabled)
+    _testing = bool(enabled)
 
 
 def is_testing() -> bool:
@@ -33,9 +26,3 @@ def is_testing() -> bool:
     :returns: ``True`` while retry waits are skipped.
     """
     return _testing
-
-
-def backoff_sleep(seconds: float) -> None:
-    """Sleep for a backoff or a server-requested pause, unless the testing switch is on."""
-    if seconds > 0 and not _testing:
-        time.sleep(seconds)
