@@ -21,6 +21,8 @@ from ._exceptions import RateLimitExceeded
 
 # Seconds after a decrease during which further throttles are not acted upon.
 _HOLD = 1.0
+# Seconds of schedule an idle key may bank: 50 ms of sends may go at once.
+_BURST = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +63,7 @@ class _KeyRate:
         self.k = 0.0
         self.epoch = now
         self.last_decrease = -math.inf
-        self.next_send = now
+        self.next_send = now - _BURST  # a new key starts with its burst credit
         self.measured = rate
         self._window_start = now
         self._window_count = 0
@@ -119,9 +121,11 @@ class AdaptiveLimiter:
         start = self._clock()
         with self._lock:
             state = self._state(key, start)
-            # Smooth pacing, no burst: a strict server's window is unknown, and a
-            # burst is what a sliding window punishes.
-            send_at = max(state.next_send, start)
+            # Paced evenly, with credit for at most _BURST seconds of idle schedule:
+            # a strict server's window is unknown and bursts are what it punishes, but
+            # calls arriving a little unevenly should not each wait (or, with
+            # max_wait=0, be refused) for a slot in a perfectly even schedule.
+            send_at = max(state.next_send, start - _BURST)
             if send_at > start and deadline is not None and send_at > deadline:
                 raise RateLimitExceeded(
                     f"adaptive rate for {key} is {state.rate:.1f}/s: next send in "
@@ -130,6 +134,7 @@ class AdaptiveLimiter:
                     retry_after=send_at - start,
                 )
             state.next_send = send_at + 1.0 / state.rate
+            send_at = max(send_at, start)
             state.measure(send_at)
         if send_at > start:
             self._sleep(send_at - start)

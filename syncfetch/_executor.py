@@ -44,8 +44,17 @@ class BoundedExecutor:
 
     def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
         """Schedule ``fn``; blocks while ``max_pending`` calls are already pending."""
+        future = self._submit(None, fn, *args, **kwargs)
+        assert future is not None
+        return future
+
+    def _submit(
+        self, timeout: float | None, fn: Callable[..., T], *args: Any, **kwargs: Any
+    ) -> Future[T] | None:
+        """Schedule ``fn`` if a pending place frees within ``timeout``, else ``None``."""
         pool = self._get_pool()
-        self._gate.acquire(None)
+        if not self._gate.acquire(timeout):
+            return None
         try:
             future = pool.submit(fn, *args, **kwargs)
         except BaseException:
@@ -70,23 +79,35 @@ class BoundedExecutor:
         """
         pending: deque[Future[T]] = deque()
         source = iter(calls)
+        call: Callable[[], T] | None = None  # pulled from the source, not yet submitted
         exhausted = False
         try:
             while True:
                 while not exhausted and len(pending) < window:
-                    call = next(source, None)
                     if call is None:
-                        exhausted = True
-                    else:
-                        pending.append(self.submit(call))
+                        call = next(source, None)
+                        if call is None:
+                            exhausted = True
+                            break
+                    # With results already pending, never block on a full pool: they
+                    # may be done and waiting to be yielded while every running call
+                    # waits (for a token a minute away, say).
+                    future = self._submit(0.0 if pending else None, call)
+                    if future is None:
+                        break
+                    pending.append(future)
+                    call = None
                 if not pending:
                     return
                 if ordered:
-                    # Wait before popping, so an interrupt here leaves the future in
-                    # `pending` for the cancellation below.
-                    result = pending[0].result()
-                    pending.popleft()
-                    yield result
+                    if not pending[0].done():
+                        # Wake on any completion, not just the head's: it frees a place
+                        # to start the next item. The timeout covers a completion whose
+                        # done-callback (which frees the place) has not run yet.
+                        running = [f for f in pending if not f.done()]
+                        wait(running, timeout=0.05, return_when=FIRST_COMPLETED)
+                        continue
+                    yield pending.popleft().result()
                 else:
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for future in [f for f in pending if f in done]:

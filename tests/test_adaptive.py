@@ -32,7 +32,9 @@ def make(ceiling: float | None = None, **kw: float) -> tuple[AdaptiveLimiter, Cl
 def test_paces_evenly_at_the_probe_rate() -> None:
     limiter, _ = make(probe=4)
     sends = [limiter.acquire("k", None)[1] for _ in range(5)]
-    assert [round(b - a, 6) for a, b in itertools.pairwise(sends)] == [0.25] * 4
+    gaps = [round(b - a, 6) for a, b in itertools.pairwise(sends)]
+    # The first send may use the 50 ms of burst credit a new key starts with.
+    assert gaps[0] == pytest.approx(0.2) and gaps[1:] == [0.25] * 3
 
 
 def test_throttle_cuts_by_beta_once_per_hold() -> None:
@@ -77,7 +79,7 @@ def test_fail_fast_when_the_pace_is_too_slow() -> None:
     limiter.acquire("k", None)
     with pytest.raises(syncfetch.RateLimitExceeded) as info:
         limiter.acquire("k", clock.now + 0.5)
-    assert info.value.retry_after == pytest.approx(1.0)
+    assert info.value.retry_after == pytest.approx(1.0, abs=0.06)
 
 
 def test_bad_settings_are_rejected() -> None:
@@ -111,3 +113,8 @@ def test_follows_an_unknown_server_limit(server: ScriptedServer) -> None:
     throttled = sum(r.status == 429 for r in late)
     assert throttled <= 0.10 * len(late)
     assert ok >= 0.75 * limit * 7
+
+
+def test_fail_fast_session_with_adaptive_grants_spare_capacity(server: ScriptedServer) -> None:
+    with syncfetch.Session("100/s", adaptive=True, max_wait=0) as s:
+        assert [s.get(server.url).status_code for _ in range(3)] == [200] * 3

@@ -248,3 +248,21 @@ def test_dns_failure_is_a_result_and_not_retried() -> None:
         s.mount("dns://", NoDNS())
         [result] = list(s.map(["dns://nowhere.invalid/"]))
     assert isinstance(result.error, requests.ConnectionError) and NoDNS.calls == 1
+
+
+def test_request_items_keep_falsy_json(server: ScriptedServer) -> None:
+    items = [requests.Request("POST", server.url_for("/j"), json=[])]
+    with syncfetch.Session() as s:
+        [result] = list(s.map(items, json={"batch": True}))
+    assert result.ok and server.records[0].body == b"[]"
+
+
+def test_breaking_out_of_a_rate_limited_map_closes_promptly(server: ScriptedServer) -> None:
+    s = syncfetch.Session("2/minute", max_concurrency=4)
+    for result in s.map([server.url_for(f"/{i}") for i in range(20)]):
+        assert result.ok
+        break
+    start = time.monotonic()
+    s.close()  # items still waiting for tokens (minutes away) end at once
+    assert time.monotonic() - start < 5
+    assert server.count() == 2

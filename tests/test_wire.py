@@ -200,7 +200,7 @@ def test_fail_fast_with_an_empty_bucket(server: ScriptedServer) -> None:
         start = time.monotonic()
         with pytest.raises(syncfetch.RateLimitExceeded) as info:
             s.get(url)
-        assert time.monotonic() - start < 1.0
+        assert time.monotonic() - start < 10  # at once, not after the minute the bucket needs
         assert s.stats.rate_limited == 1
     assert 55 < (info.value.retry_after or 0) <= 60.1
     assert info.value.key == f"http://127.0.0.1:{server.port}"
@@ -261,7 +261,8 @@ def test_elapsed_is_wire_time_not_waiting_time(server: ScriptedServer) -> None:
     with syncfetch.Session("1/s") as s:
         s.get(server.url)
         r = s.get(server.url)
-    assert r.elapsed.total_seconds() < 0.5 and s.stats.token_wait > 0.5
+    # The second call waited about a second for its token; elapsed is its wire time only.
+    assert r.elapsed.total_seconds() < s.stats.token_wait - 0.2
 
 
 def test_a_dropped_streamed_response_frees_its_slot(server: ScriptedServer) -> None:
@@ -285,3 +286,63 @@ def test_proxies_work_and_the_bucket_is_the_target_host(server: ScriptedServer) 
             s.get("http://upstream.test/y", proxies={"http": server.url})
     assert info.value.key == "http://upstream.test:80"
     assert server.records[0].path == "http://upstream.test/x"
+
+
+def test_an_interrupted_attempt_gives_its_slot_back() -> None:
+    from requests.adapters import BaseAdapter
+
+    class Interrupting(BaseAdapter):
+        def send(self, request: requests.PreparedRequest, **kw: Any) -> requests.Response:  # type: ignore[override]
+            raise KeyboardInterrupt
+
+        def close(self) -> None:
+            pass
+
+    with syncfetch.Session(max_concurrency=1, max_wait=0) as s:
+        s.mount("boom://", Interrupting())
+        for _ in range(2):
+            with pytest.raises(KeyboardInterrupt):
+                s.get("boom://x/")
+        from tests._stub import CannedAdapter
+
+        s.mount("ok://", CannedAdapter())
+        assert s.get("ok://x/").status_code == 200  # the slot came back both times
+
+
+def test_deadline_keeps_the_read_timeout_so_a_stalled_body_is_retried(
+    server: ScriptedServer,
+) -> None:
+    server.script("/stall", Step(action="trickle", body=b"xx", trickle_interval=3), Step())
+    policy = syncfetch.RetryPolicy(retries=2, deadline=20)
+    with syncfetch.Session(retry=policy, timeout=(2, 0.5)) as s:
+        assert s.get(server.url_for("/stall")).status_code == 200
+    assert server.count("/stall") == 2
+
+
+def test_urllib3_timeout_objects_work_with_a_deadline(server: ScriptedServer) -> None:
+    from urllib3.util import Timeout
+
+    with syncfetch.Session(retry=syncfetch.RetryPolicy(deadline=5)) as s:
+        assert s.get(server.url, timeout=Timeout(connect=2, read=2)).status_code == 200
+
+
+def test_close_ends_a_call_waiting_for_a_token(server: ScriptedServer) -> None:
+    s = syncfetch.Session("1/minute")
+    s.get(server.url)
+    errors: list[BaseException] = []
+
+    def wait_for_token() -> None:
+        try:
+            s.get(server.url)
+        except BaseException as exc:
+            errors.append(exc)
+
+    waiter = threading.Thread(target=wait_for_token)
+    waiter.start()
+    time.sleep(0.3)  # the waiter is now sleeping for its token, a minute away
+    s.close()
+    waiter.join(10)
+    assert not waiter.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], syncfetch.SessionClosed)
+    assert server.count() == 1
+    s.close()
