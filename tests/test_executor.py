@@ -225,7 +225,7 @@ def test_ctrl_c_stops_the_batch_promptly(server: ScriptedServer) -> None:
     assert "KeyboardInterrupt" in err
     # The ordered window (8 x 4 workers) may finish; nothing like the 1000 in the input.
     assert server.count() <= 5 + 8 * 4 + 4
-    assert took < 0.2 * 3 + 2.0  # a couple of in-flight rounds, slack for a busy machine
+    assert took < 0.2 * 3 + 5.0  # a couple of in-flight rounds, slack for a busy machine
     assert proc.returncode != 0
 
 
