@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import queue
 import threading
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from ._slots import Permits
@@ -77,7 +77,18 @@ class BoundedExecutor:
         the consumer stops (``break``, ``close()``, Ctrl-C), queued calls are cancelled
         and running ones finish on their own, bounded by their timeouts.
         """
-        pending: deque[Future[T]] = deque()
+        # Insertion-ordered, so the first key is the head of an ordered map; removal
+        # is O(1) for an unordered one.
+        pending: dict[Future[T], None] = {}
+        # Completions are signalled by the done-callbacks: a queue of them (unordered)
+        # or an event (ordered, where the head is all that is waited for), instead of
+        # concurrent.futures.wait() over every pending future on each wake-up
+        # (measured: 0.79x a plain pool's throughput).
+        finished: queue.SimpleQueue[Future[T]] = queue.SimpleQueue()
+        progressed = threading.Event()
+        on_done: Callable[[Future[T]], object] = (
+            (lambda _: progressed.set()) if ordered else finished.put
+        )
         source = iter(calls)
         call: Callable[[], T] | None = None  # pulled from the source, not yet submitted
         exhausted = False
@@ -95,24 +106,28 @@ class BoundedExecutor:
                     future = self._submit(0.0 if pending else None, call)
                     if future is None:
                         break
-                    pending.append(future)
+                    pending[future] = None
+                    future.add_done_callback(on_done)
                     call = None
                 if not pending:
                     return
                 if ordered:
-                    if not pending[0].done():
-                        # Wake on any completion, not just the head's: it frees a place
-                        # to start the next item. The timeout covers a completion whose
-                        # done-callback (which frees the place) has not run yet.
-                        running = [f for f in pending if not f.done()]
-                        wait(running, timeout=0.05, return_when=FIRST_COMPLETED)
+                    head = next(iter(pending))
+                    if not head.done():
+                        # Any completion frees a place to start the next item (the gate
+                        # is released by a callback registered before ours). Cleared
+                        # after waking and before the state is looked at again, so no
+                        # completion goes unnoticed.
+                        progressed.wait()
+                        progressed.clear()
                         continue
-                    yield pending.popleft().result()
+                    del pending[head]
+                    yield head.result()
                 else:
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in [f for f in pending if f in done]:
-                        pending.remove(future)
-                        yield future.result()
+                    done = finished.get()
+                    if done in pending:
+                        del pending[done]
+                        yield done.result()
         finally:
             for future in pending:
                 future.cancel()

@@ -209,25 +209,23 @@ class Pipeline:
         limit = None if self.max_wait is None else time.monotonic() + self.max_wait
         if deadline is not None:
             limit = deadline if limit is None else min(limit, deadline)
-        while True:
-            self._wait_out_pause(key, limit)
-            before_slot = time.monotonic()
-            slot = self.slots.acquire(None if limit is None else limit - before_slot, key)
-            got_slot = time.monotonic()
-            try:
-                paced = 0.0
-                if self.adaptive is not None:
-                    paced, _ = self.adaptive.acquire(key, limit)
-                token = self.limiter.acquire(key, limit)
-            except BaseException:
-                slot.release()
-                raise
-            if self.limiter.paused_for(key) <= 0:
-                waits = {"slot_wait": got_slot - before_slot, "token_wait": token.waited + paced}
-                return slot, token, time.monotonic(), waits
-            # A pause began while this call waited for its turn: sending now would
-            # collect the refusal the pause is there to avoid. The token stays spent.
+        # A pause that begins while this call waits for its slot or token does not stop
+        # it: going back to wait would waste the token it holds (a window's worth, with
+        # many threads waiting), which costs more than the one refusal it may collect.
+        self._wait_out_pause(key, limit)
+        before_slot = time.monotonic()
+        slot = self.slots.acquire(None if limit is None else limit - before_slot, key)
+        got_slot = time.monotonic()
+        try:
+            paced = 0.0
+            if self.adaptive is not None:
+                paced, _ = self.adaptive.acquire(key, limit)
+            token = self.limiter.acquire(key, limit)
+        except BaseException:
             slot.release()
+            raise
+        waits = {"slot_wait": got_slot - before_slot, "token_wait": token.waited + paced}
+        return slot, token, time.monotonic(), waits
 
     def send(self, adapter: BaseAdapter, request: PreparedRequest, **kwargs: Any) -> Response:
         """Send ``request`` through ``adapter`` with limits and retries.
