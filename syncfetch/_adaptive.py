@@ -158,8 +158,6 @@ class AdaptiveLimiter:
                 state.k = (base * (1 - s.beta) / s.scale) ** (1 / 3)  # math.cbrt is 3.11+
                 state.rate = base * s.beta
                 state.last_decrease = state.epoch = now
-                # Sends booked at the old rate would keep the new one from showing.
-                state.next_send = min(state.next_send, now + 1.0 / state.rate)
             else:
                 t = now - state.epoch
                 cubic = s.scale * (t - state.k) ** 3 + state.w_max
