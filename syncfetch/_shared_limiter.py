@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from pyrate_limiter import Rate
+from requests.exceptions import RequestException
 
 from ._exceptions import BackendUnavailable, RateLimitExceeded
 from ._limiter import KeyedLimiter, Token
@@ -104,6 +105,10 @@ class SharedLimiter:
             return self._fallback_acquire(key, deadline, start)
         try:
             token = self._take(key, deadline, start)
+        except RequestException:
+            # RateLimitExceeded (max_wait) and SessionClosed are answers, not backend
+            # failures; requests' exceptions are OSErrors, so catch them first.
+            raise
         except self._errors as exc:
             self._mark_down(exc)
             if self._fallback is None:

@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM_ENV = "SYNCFETCH_TEST_UPSTREAM"
 LIMITS_ENV = "SYNCFETCH_TEST_LIMITS"
 MAX_WAIT_ENV = "SYNCFETCH_TEST_MAX_WAIT"
+BACKEND_ENV = "SYNCFETCH_TEST_BACKEND"
 POOL_FULL = "Connection pool is full"
 WORKER_HEADER = "X-Test-Worker"
 
@@ -73,6 +74,7 @@ def flask_app() -> Flask:
         "limits": os.environ.get(LIMITS_ENV) or None,
         "max_wait": float(os.environ.get(MAX_WAIT_ENV, "0.5")),
         "max_concurrency": 8,
+        "backend": os.environ.get(BACKEND_ENV) or "memory",
     }
     app.config["UPSTREAM_URL"] = os.environ.get(UPSTREAM_ENV, "http://127.0.0.1:9")
     syncfetch.flask.init_app(app)

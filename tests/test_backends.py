@@ -602,3 +602,17 @@ def _measure(which: list[str]) -> None:
 
 if __name__ == "__main__":
     _measure(sys.argv[1:] or ["sqlite", "redis", "sqlite-unfair", "redis-unfair", "cost"])
+
+
+def test_sqlite_max_wait_raises_rate_limit_exceeded_not_backend_unavailable(
+    server: ScriptedServer, tmp_path: Path
+) -> None:
+    # requests' exceptions are OSErrors: a RateLimitExceeded from the backend's wait must
+    # not be mistaken for a backend failure (found under gunicorn as 500s).
+    backend = f"sqlite:///{tmp_path / 'l.db'}"
+    with syncfetch.Session("1/minute", backend=backend, max_wait=0) as s:
+        s.get(server.url)
+        with pytest.raises(syncfetch.RateLimitExceeded) as info:
+            s.get(server.url)
+    assert not isinstance(info.value, syncfetch.BackendUnavailable)
+    assert 50 < (info.value.retry_after or 0) <= 60.1

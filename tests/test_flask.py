@@ -16,6 +16,7 @@ import syncfetch
 import syncfetch.flask
 from syncfetch import RateLimitExceeded
 from tests._gunicorn import (
+    BACKEND_ENV,
     LIMITS_ENV,
     MAX_WAIT_ENV,
     POOL_FULL,
@@ -257,6 +258,37 @@ def test_gunicorn_gthread_preload_keeps_upstream_within_its_limit(
     assert server.max_in_window(1.0) <= UPSTREAM_LIMIT
     assert server.count() == len(ok)  # one upstream call per 200, none for a 503
     assert POOL_FULL not in log
+    assert "Traceback" not in log, log
+
+
+@pytest.mark.slow
+def test_gunicorn_three_workers_share_one_sqlite_limit(server: ScriptedServer, tmp_path: Any):
+    # Issue 4: 3 worker processes, --preload, the session built at import, all workers
+    # drawing from one limit through the SQLite backend (each configured at the full rate).
+    server.limit([(UPSTREAM_LIMIT, 1.0)])
+    env = {
+        UPSTREAM_ENV: server.url,
+        LIMITS_ENV: f"{UPSTREAM_LIMIT}/second",
+        MAX_WAIT_ENV: "1.0",
+        BACKEND_ENV: f"sqlite:///{tmp_path / 'limits.db'}",
+    }
+    with run_gunicorn(
+        "tests._gunicorn:flask_app()",
+        log_path=tmp_path / "gunicorn.log",
+        env=env,
+        workers=3,
+        threads=8,
+        preload=True,
+    ) as gunicorn:
+        replies = hammer(gunicorn.url, total=200, threads=32)
+    log = gunicorn.log()
+    ok = [r for r in replies if r.status == 200]
+    shed = [r for r in replies if r.status == 503]
+    assert len(ok) + len(shed) == 200, summary(replies)
+    assert all(r.retry_after is not None and int(r.retry_after) >= 1 for r in shed)
+    assert len({r.body["pid"] for r in ok}) == 3, summary(replies)
+    assert server.count(status=429) == 0
+    assert server.max_in_window(1.0) <= UPSTREAM_LIMIT
     assert "Traceback" not in log, log
 
 
