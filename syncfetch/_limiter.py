@@ -114,23 +114,6 @@ class KeyedLimiter:
         self._paused: dict[str, float] = {}
         self._next_sweep = clock() + _SWEEP_EVERY
 
-    def __getstate__(self) -> dict[str, object]:
-        # Pickled sessions start with empty buckets: tokens are only meaningful in
-        # the process that took them.
-        return {
-            "rates": self.rates,
-            "_settle_cap_ms": self._settle_cap_ms,
-            "_clock": self._clock,
-            "sleep": self.sleep,
-        }
-
-    def __setstate__(self, state: dict[str, object]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-        self._buckets = {}
-        self._paused = {}
-        self._next_sweep = self._clock() + _SWEEP_EVERY
-
     def after_fork(self) -> None:
         """Replace the lock in a forked child: the parent may have held it at fork time."""
         self._lock = threading.Lock()
@@ -208,8 +191,6 @@ class KeyedLimiter:
 
     def _try_take(self, key: str, item: RateItem) -> float:
         """Put ``item`` in ``key``'s bucket; return 0 on success or the seconds to wait."""
-        if not self.rates:
-            return 0.0
         if item.timestamp >= self._next_sweep * 1000:
             self._sweep(item.timestamp / 1000)
         bucket = self._buckets.get(key)

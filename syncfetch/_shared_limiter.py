@@ -297,9 +297,9 @@ def _unlock_all() -> None:
 
 
 def _reset_all() -> None:
+    # The locks taken before the fork are replaced, in the child, by each limiter's
+    # after_fork(), which the owning Session's fork hook calls (Pipeline.after_fork).
     _HELD.clear()
-    for limiter in list(_LIVE):
-        limiter.after_fork()
 
 
 # Locks taken by _lock_all, released in the parent after fork (replaced in the child).

@@ -76,12 +76,6 @@ class Slots:
         self.size = size
         self._sem = Permits(size)
 
-    def __getstate__(self) -> dict[str, int]:
-        return {"size": self.size}
-
-    def __setstate__(self, state: dict[str, int]) -> None:
-        self.__init__(state["size"])  # type: ignore[misc]
-
     def after_fork(self) -> None:
         """Start afresh in a forked child: leases held by parent threads never come back."""
         self._sem = Permits(self.size)

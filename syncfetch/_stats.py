@@ -87,12 +87,6 @@ class StatsRecorder:
         self._shards: list[tuple[weakref.ref[threading.Thread], _Shard]] = []
         self._retired = _Shard()
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__()  # type: ignore[misc]
-
     def after_fork(self) -> None:
         """Reset in a forked child: the child's counters start from zero."""
         self.__init__()  # type: ignore[misc]

@@ -34,6 +34,8 @@ from syncfetch import RateLimitExceeded
 if TYPE_CHECKING:
     from flask import Flask
 
+    from tests._server import ScriptedServer
+
 ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM_ENV = "SYNCFETCH_TEST_UPSTREAM"
 LIMITS_ENV = "SYNCFETCH_TEST_LIMITS"
@@ -321,3 +323,32 @@ def summary(replies: list[Reply]) -> str:
 
 if __name__ == "__main__":
     _hammer_here(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+
+
+def check_load_outcome(
+    replies: list[Reply],
+    server: ScriptedServer,
+    log: str,
+    *,
+    workers: int,
+    limit: int,
+    min_ok: int,
+    require_shed: bool,
+) -> None:
+    """What every gunicorn load test demands of the app and of the upstream it calls."""
+    ok = [r for r in replies if r.status == 200]
+    shed = [r for r in replies if r.status == 503]
+    assert len(ok) + len(shed) == len(replies), summary(replies)
+    assert all(r.body["upstream"] == 200 for r in ok), summary(replies)
+    assert all(r.retry_after is not None and int(r.retry_after) >= 1 for r in shed)
+    assert all(r.body["error"] == "upstream_rate_limited" for r in shed)
+    if require_shed:
+        # Both kinds happened: the load was above the limit for several windows.
+        assert shed, summary(replies)
+    assert len(ok) >= min_ok, summary(replies)
+    assert len({r.body["pid"] for r in ok}) == workers, summary(replies)
+    assert server.count(status=429) == 0
+    assert server.max_in_window(1.0) <= limit
+    assert server.count() == len(ok)  # one upstream call per 200, none for a 503
+    assert POOL_FULL not in log
+    assert "Traceback" not in log, log
