@@ -176,13 +176,19 @@ def test_generator_body_is_never_retried(mocked: responses.RequestsMock) -> None
 
 def test_ssl_and_invalid_url_errors_are_not_retried(mocked: responses.RequestsMock) -> None:
     mocked.get(URL, body=requests.exceptions.SSLError("bad cert"))
+    # Which error an unparsable URL gives depends on the urllib3 release (MissingSchema
+    # before 2.8, InvalidURL since): syncfetch must raise what plain requests raises.
+    with requests.Session() as plain, pytest.raises(requests.RequestException) as expected:
+        plain.get("not a url")
     with syncfetch.Session() as s:
         with pytest.raises(requests.exceptions.SSLError):
             s.get(URL)
-        with pytest.raises(requests.exceptions.MissingSchema):
+        with pytest.raises(expected.type):
             s.get("not a url")
         with pytest.raises(requests.exceptions.InvalidSchema):
             s.get("ftp://example.test/x")
+        # Neither malformed URL took a slot, a token or an attempt.
+        assert s.stats.attempts == 1
     assert len(mocked.calls) == 1
 
 
