@@ -44,7 +44,7 @@ def read_body(resp: Response, deadline: float | None, read_timeout: float | None
                     "deadline passed while reading the response body", response=resp
                 )
             _set_socket_timeout(raw, left if read_timeout is None else min(left, read_timeout))
-            data = raw.read1(_CHUNK)
+            data = raw.read1(_CHUNK, decode_content=True)
             if not data:
                 break
             chunks.append(data)
@@ -81,3 +81,15 @@ def consume_quietly(resp: Response) -> None:
         resp.content  # noqa: B018
     except (RequestException, OSError):
         resp.close()
+
+
+def drain_undecoded(resp: Response) -> None:
+    """Read what is left of a body that failed to decode, raw, to free the connection.
+
+    What requests does for a redirect response; its ``content`` is then empty.
+    """
+    with contextlib.suppress(RequestException, OSError, ProtocolError):
+        resp.raw.read(decode_content=False)
+    resp._content = b""
+    resp._content_consumed = True
+    resp.close()

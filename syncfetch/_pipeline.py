@@ -16,13 +16,13 @@ from urllib.parse import urlsplit
 
 from requests import PreparedRequest, Response
 from requests.adapters import BaseAdapter
-from requests.exceptions import RequestException
+from requests.exceptions import ContentDecodingError, RequestException
 from requests.utils import rewind_body
 from urllib3.util import Timeout as Urllib3Timeout
 
 from . import _timing
 from ._adaptive import AdaptiveLimiter
-from ._body import consume_quietly, read_body
+from ._body import consume_quietly, drain_undecoded, read_body
 from ._budget import BudgetTracker
 from ._exceptions import DeadlineExceeded, RateLimitExceeded, SessionClosed
 from ._feedback import is_throttle, server_wait
@@ -354,7 +354,14 @@ class Pipeline:
             try:
                 self._listen(key, resp)
                 if not stream:
-                    read_body(resp, deadline, _read_timeout(attempt_timeout))
+                    try:
+                        read_body(resp, deadline, _read_timeout(attempt_timeout))
+                    except ContentDecodingError:
+                        # requests drains a redirect without decoding it (followed or
+                        # not): a broken body there never fails a call.
+                        if not resp.is_redirect:
+                            raise
+                        drain_undecoded(resp)
             except BaseException:
                 resp.close()
                 raise

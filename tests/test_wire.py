@@ -100,6 +100,30 @@ def test_redirect_chain_at_concurrency_one(server: ScriptedServer) -> None:
         assert s.stats.attempts == 6  # every hop pays: 3 hops x 2 calls
 
 
+@pytest.mark.parametrize("deadline", [None, 10.0])
+def test_a_redirect_with_a_broken_gzip_body_is_followed(
+    server: ScriptedServer, deadline: float | None
+) -> None:
+    # As requests does: a hop it follows is drained without decoding.
+    broken = Step(
+        status=302,
+        headers={"Location": "/b", "Content-Encoding": "gzip"},
+        body=b"<p>not gzip</p>" * 20,
+    )
+    policy = syncfetch.RetryPolicy(deadline=deadline)
+    with syncfetch.Session(max_concurrency=1, max_wait=5, retry=policy) as s:
+        for stream in (False, True):
+            server.script("/a", broken)
+            r = s.get(server.url_for("/a"), stream=stream)
+            assert r.status_code == 200 and r.content == b"ok"
+            assert [h.status_code for h in r.history] == [302]
+        # Not followed, requests still drains it raw (to find the next request): no error.
+        for get in (s.get, requests.get):
+            server.script("/a", broken)
+            r = get(server.url_for("/a"), allow_redirects=False)
+            assert r.status_code == 302 and r.content == b""
+
+
 def test_redirect_hops_take_tokens(server: ScriptedServer) -> None:
     server.limit([(3, 1.0)])
     for i in range(4):
