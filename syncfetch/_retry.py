@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import email.utils
+import math
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +21,7 @@ from urllib3.exceptions import (
 )
 
 from ._budget import RetryBudget
+from ._limiter import MAX_PAUSE
 
 #: RFC 9110 section 9.2.2: the methods a client may repeat without changing the outcome.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -118,25 +121,33 @@ class RetryPolicy:
         return backoff.full_jitter(cap) if self.jitter else cap
 
 
+_DELAY_SECONDS = re.compile(r"[0-9]+")
+
+
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds a ``Retry-After`` header asks for (RFC 9110 10.2.3), or ``None`` if unusable.
+
+    Never raises: only ASCII digits make a delay (``str.isdigit`` also accepts ``"²"``),
+    a date out of range is unusable, and a longer wait than ``MAX_PAUSE`` is cut to it.
 
     :param value: the header value: delay-seconds or an HTTP-date.
     :param now: current wall-clock time, for the date form (defaults to ``time.time()``).
     """
-    if value is None:
+    if not isinstance(value, str):
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if _DELAY_SECONDS.fullmatch(value):
+        # float() of a long digit string is inf, never an error.
+        return min(float(value), MAX_PAUSE)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        if when is None or when.tzinfo is None:
+            return None
+        wait = when.timestamp() - (time.time() if now is None else now)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        # 20-digit years, days or offsets overflow C integers in the date parser.
         return None
-    if when is None or when.tzinfo is None:
-        return None
-    now = time.time() if now is None else now
-    return max(0.0, when.timestamp() - now)
+    return min(max(0.0, wait), MAX_PAUSE) if math.isfinite(wait) else None
 
 
 def _reason(exc: BaseException) -> Any:
