@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit, urlunsplit
 
-# A URL inside free text (an exception's message), up to a space or a quote.
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
+# A URL inside free text (an exception's message), up to a space or a quote. The scheme's
+# length is bounded so that a long run of letters costs linear time, not quadratic.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,30}://[^\s'\"<>`]+")
 # A query string left in free text without its URL: urllib3 says "with url: /x?key=...".
 _QUERY_IN_TEXT = re.compile(r"\?([^\s'\"<>`]*)")
 

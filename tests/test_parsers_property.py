@@ -23,6 +23,7 @@ from requests.structures import CaseInsensitiveDict
 from syncfetch._feedback import is_throttle, quota_wait, reset_delay, server_wait
 from syncfetch._limiter import MAX_PAUSE, KeyedLimiter, pause_seconds
 from syncfetch._rates import MAX_INTERVAL_MS, MAX_LIMIT, normalize_limits, parse_rate
+from syncfetch._redact import safe_text, safe_url
 from syncfetch._retry import parse_retry_after
 from syncfetch._shared_limiter import SharedLimiter
 from tests._redis import RedisServer, require_redis
@@ -286,3 +287,28 @@ def test_normalize_limits_raises_only_value_error(items: list[str | Rate]) -> No
         assert "rate" in str(exc)
     else:
         assert all(_storable(rate) for rate in kept)
+
+
+# -- secrets in log text -----------------------------------------------------------------------
+
+secrets = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", min_size=8
+)
+
+
+@PROPERTY
+@given(secrets, st.sampled_from(["http", "https", "redis", "socks5h"]), st.text(max_size=20))
+def test_no_credentials_or_query_values_survive_redaction(
+    secret: str, scheme: str, noise: str
+) -> None:
+    assume(secret not in noise)
+    url = f"{scheme}://user:{secret}@host:1/p?a=1&key={secret}&{secret}#{secret}"
+    assert secret not in safe_url(url)
+    for text in (
+        f"Max retries exceeded with url: /p?key={secret}&b=2 (Caused by X)",
+        f"Invalid URL '{url}': No host supplied",
+        f"{noise} {url}{noise}",
+        f'ProxyError("{url}")',
+    ):
+        assert secret not in safe_text(text)
+    assert isinstance(safe_text(noise), str)
