@@ -78,7 +78,10 @@ class Limiter(Protocol):
         """Record that ``key`` must not be sent to for ``seconds`` (the server asked).
 
         ``acquire`` does not wait for pauses: callers check :meth:`paused_for` before
-        taking a concurrency slot, so no slot is held through a pause.
+        taking a concurrency slot, so no slot is held through a pause. The pipeline
+        caps ``seconds`` at ``retry_after_max``; implementations still record nothing
+        for NaN or a value <= 0 and cut a longer one than :data:`MAX_PAUSE` to it
+        (:func:`pause_seconds`), so a backend never meets a value it cannot store.
         """
         ...
 
