@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Mapping
 
+from ._limiter import MAX_PAUSE
 from ._retry import parse_retry_after
 
 #: Statuses whose ``Retry-After`` pauses the whole bucket key, not just the one request.
@@ -19,27 +21,35 @@ _EPOCH_MILLIS = 1e12
 # draft-ietf-httpapi-ratelimit-headers (draft 7 on): RateLimit: "policy";r=0;t=30
 _PARAM = re.compile(r';\s*([a-z]+)\s*=\s*("[^"]*"|[^;,\s]+)')
 
+# A non-negative decimal in ASCII digits only: float() would also take "²", Arabic-Indic digits,
+# "1_000", "nan" and "inf".
+_DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
 
 def _number(value: str | None) -> float | None:
-    if value is None:
+    """A finite number >= 0 written in ASCII digits, else ``None``; never raises."""
+    if not isinstance(value, str):
         return None
-    try:
-        number = float(value.strip().strip('"'))
-    except ValueError:
+    text = value.strip().strip('"')
+    if not _DECIMAL.fullmatch(text):
         return None
-    return number if number >= 0 and number == number and number != float("inf") else None
+    number = float(text)  # inf for a huge value, never an error
+    return number if math.isfinite(number) else None
 
 
 def reset_delay(value: str | None, now: float | None = None) -> float | None:
-    """Seconds until a reset given as delta seconds, epoch seconds or epoch milliseconds."""
+    """Seconds until a reset given as delta seconds, epoch seconds or epoch milliseconds.
+
+    At most ``MAX_PAUSE``; ``None`` for a malformed value.
+    """
     number = _number(value)
     if number is None:
         return None
     if number >= _EPOCH_SECONDS:
         now = time.time() if now is None else now
         epoch = number / 1000 if number >= _EPOCH_MILLIS else number
-        return max(0.0, epoch - now)
-    return number
+        number = max(0.0, epoch - now)
+    return min(number, MAX_PAUSE)
 
 
 def _structured_ratelimit(value: str) -> float | None:
@@ -50,7 +60,7 @@ def _structured_ratelimit(value: str) -> float | None:
         remaining, reset = _number(params.get("r")), _number(params.get("t"))
         if remaining == 0 and reset is not None:
             longest = reset if longest is None else max(longest, reset)
-    return longest
+    return None if longest is None else min(longest, MAX_PAUSE)
 
 
 _QUOTA_HEADERS = (
@@ -68,7 +78,8 @@ def quota_wait(headers: Mapping[str, str], now: float | None = None) -> float | 
     ``RateLimit-Remaining``/``RateLimit-Reset`` pair) and the common
     ``X-RateLimit-Remaining`` with ``X-RateLimit-Reset`` (delta seconds, epoch
     seconds or epoch milliseconds, told apart by magnitude) or
-    ``X-RateLimit-Reset-After``. Malformed values are ignored, never raised.
+    ``X-RateLimit-Reset-After``. Malformed values (anything but ASCII decimals) are
+    ignored, never raised; a wait is finite, >= 0 and at most ``MAX_PAUSE``.
     """
     structured = headers.get("RateLimit")
     if structured and ";" in structured:
@@ -89,6 +100,9 @@ def server_wait(
     status: int, headers: Mapping[str, str], *, retry_after: bool, quota: bool
 ) -> tuple[float | None, str]:
     """The pause a response asks of its whole bucket key, and why (for logs).
+
+    Never raises; a wait is finite, >= 0 and at most ``MAX_PAUSE`` (the caller caps it
+    further, at ``RetryPolicy.retry_after_max``).
 
     :param retry_after: honour ``Retry-After`` on 429 and 503.
     :param quota: honour rate-limit headers that report a spent quota.

@@ -26,6 +26,19 @@ from ._exceptions import RateLimitExceeded
 _SWEEP_EVERY = 10.0
 _by_timestamp = attrgetter("timestamp")
 
+#: Longest wait a header parser returns and a limiter stores, in seconds (about 31.7
+#: years): longer than any real wait, yet storable as int64 milliseconds (SQLite,
+#: Redis) and below ``threading.TIMEOUT_MAX``. The pipeline caps pauses far lower,
+#: at ``RetryPolicy.retry_after_max``.
+MAX_PAUSE = 1e9
+
+
+def pause_seconds(seconds: float) -> float:
+    """``seconds`` made safe to store: 0 (no pause) for NaN or <= 0, at most MAX_PAUSE."""
+    if not seconds > 0:  # NaN compares false
+        return 0.0
+    return float(min(seconds, MAX_PAUSE))
+
 
 @dataclasses.dataclass
 class Token:
@@ -65,7 +78,10 @@ class Limiter(Protocol):
         """Record that ``key`` must not be sent to for ``seconds`` (the server asked).
 
         ``acquire`` does not wait for pauses: callers check :meth:`paused_for` before
-        taking a concurrency slot, so no slot is held through a pause.
+        taking a concurrency slot, so no slot is held through a pause. The pipeline
+        caps ``seconds`` at ``retry_after_max``; implementations still record nothing
+        for NaN or a value <= 0 and cut a longer one than :data:`MAX_PAUSE` to it
+        (:func:`pause_seconds`), so a backend never meets a value it cannot store.
         """
         ...
 
@@ -122,7 +138,14 @@ class KeyedLimiter:
         """Nothing to release: the buckets live in this process's memory."""
 
     def pause(self, key: str, seconds: float) -> None:
-        """Record that ``key`` must not be sent to for ``seconds`` (a server asked)."""
+        """Record that ``key`` must not be sent to for ``seconds`` (a server asked).
+
+        NaN or a value <= 0 records nothing; a longer one than :data:`MAX_PAUSE` is cut
+        to it.
+        """
+        seconds = pause_seconds(seconds)
+        if not seconds:
+            return
         until = self._clock() + seconds
         with self._lock:
             if until > self._paused.get(key, 0.0):

@@ -86,22 +86,40 @@ def _origin_key(origin: str) -> str:
     return f"{scheme}://{host}:{port}" if port is not None else f"{scheme}://{host}"
 
 
+def _timeout_pair(timeout: Any) -> tuple[Any, Any]:
+    """``(connect, read)`` of a requests timeout, refused as requests' adapter refuses it.
+
+    :raises ValueError: requests' own message, for a tuple that is not a valid pair or a
+        value that is not a number > 0 or ``None``.
+    """
+    if isinstance(timeout, tuple):
+        try:
+            connect, read = timeout
+            Urllib3Timeout(connect=connect, read=read)
+        except ValueError:
+            raise ValueError(
+                f"Invalid timeout {timeout}. Pass a (connect, read) timeout tuple, "
+                "or a single float to set both timeouts to the same value."
+            ) from None
+        return connect, read
+    Urllib3Timeout(connect=timeout, read=timeout)  # raises requests' ValueError
+    return timeout, timeout
+
+
 def _attempt_timeout(timeout: Any, deadline: float | None) -> Any:
     """Shrink the per-attempt timeout to the time left before the deadline."""
     if isinstance(timeout, Urllib3Timeout):
         timeout = (timeout.connect_timeout, timeout.read_timeout)
     if deadline is None:
-        return timeout
+        return timeout  # the adapter validates it
     left = max(deadline - time.monotonic(), 0.001)
     if timeout is None:
         return (left, left)
-    if isinstance(timeout, tuple):
-        connect, read = timeout
-        return (
-            left if connect is None else min(connect, left),
-            left if read is None else min(read, left),
-        )
-    return (min(timeout, left), min(timeout, left))
+    connect, read = _timeout_pair(timeout)
+    return (
+        left if connect is None else min(connect, left),
+        left if read is None else min(read, left),
+    )
 
 
 def _read_timeout(timeout: Any) -> float | None:
@@ -238,6 +256,9 @@ class Pipeline:
         key = bucket_key(request.url, self.per_host)
         stream = bool(kwargs.get("stream"))
         timeout = kwargs.pop("timeout", None)
+        if deadline is not None and not isinstance(timeout, (Urllib3Timeout, type(None))):
+            # Shrunk to the deadline below: refused first, as requests' adapter would.
+            _timeout_pair(timeout)
         replayable = replayable_body(request)
         may_retry = replayable and policy.may_retry(request)
         waits: Iterator[float] | None = None  # made on the first retry: most calls need none
@@ -405,10 +426,16 @@ class Pipeline:
             retry_after=policy.respect_retry_after,
             quota=self.rate_limit_headers,
         )
-        if wait is None or wait <= 0:
+        if wait is None or not wait > 0:
             return
-        # The whole pause is kept, even past retry_after_max: calls then fail fast
-        # with RateLimitExceeded instead of sending while the server still refuses.
+        if wait > policy.retry_after_max:
+            # Capped, as every server-given wait: a server (or a bug) asking for 10**30 s
+            # must not stop a key for the life of the process. After the cap, the next
+            # call probes the server, which answers again if it still refuses.
+            why = f"{why}, {wait:.0f} s asked, capped at retry_after_max"
+            wait = policy.retry_after_max
+            if wait <= 0:
+                return
         self.limiter.pause(key, wait)
         self.stats.add(cooldowns=1)
         log.info(

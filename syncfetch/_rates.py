@@ -33,7 +33,17 @@ _UNIT_MS = {
     "days": 86_400_000,
 }
 
-_RATE_RE = re.compile(r"^\s*(\d+)\s*(?:/|per)\s*(\d+(?:\.\d+)?)?\s*([a-z]+)\s*$", re.IGNORECASE)
+# ASCII only: \d would also take Arabic-Indic and other Unicode digits.
+_RATE_RE = re.compile(
+    r"^\s*(\d+)\s*(?:/|per)\s*(\d+(?:\.\d+)?)?\s*([a-z]+)\s*$", re.IGNORECASE | re.ASCII
+)
+
+#: Largest count of a rate. Far above any real limit; keeps counts exact in Redis' Lua
+#: (doubles) and in SQLite's int64.
+MAX_LIMIT = 10**9
+#: Longest window of a rate, in milliseconds (about 31.7 years): timestamps plus the
+#: window stay within int64 milliseconds (SQLite) and exact in Lua doubles (Redis).
+MAX_INTERVAL_MS = 10**12
 
 ACCEPTED = (
     '"N/second" (or N/s, N/sec), "N/minute" (N/min), "N/hour" (N/h), "N/day" (N/d), '
@@ -46,22 +56,45 @@ LimitsArg = str | Rate | Iterable[str | Rate] | None
 def parse_rate(text: str) -> Rate:
     """Parse one rate string such as ``"10/second"`` or ``"100/10s"``.
 
+    The count must be 1 to :data:`MAX_LIMIT` (10**9) and the interval 1 ms to
+    :data:`MAX_INTERVAL_MS` (10**12 ms, about 31.7 years): every backend can store
+    such a rate.
+
     :param text: the rate, as a count, a slash and a unit with an optional multiple.
     :returns: the equivalent :class:`pyrate_limiter.Rate` (interval in milliseconds).
-    :raises ValueError: naming the string and the accepted forms.
+    :raises ValueError: naming the string and the accepted forms or bounds.
     """
     if not isinstance(text, str):
         raise TypeError(f"a rate must be a string or pyrate_limiter.Rate, not {text!r}")
     match = _RATE_RE.match(text)
     unit_ms = _UNIT_MS.get(match.group(3).lower()) if match else None
     if match is None or unit_ms is None:
-        raise ValueError(f"invalid rate {text!r}: expected {ACCEPTED}")
-    count = int(match.group(1))
+        raise ValueError(f"invalid rate {text[:100]!r}: expected {ACCEPTED}")
+    digits = match.group(1).lstrip("0") or "0"
+    # Checked on the digits: int() refuses strings over 4300 digits with its own error.
+    count = int(digits) if len(digits) <= 10 else MAX_LIMIT + 1
     multiple = float(match.group(2)) if match.group(2) else 1.0
-    interval = round(multiple * unit_ms)
-    if count <= 0 or interval <= 0:
-        raise ValueError(f"invalid rate {text!r}: the count and the interval must be positive")
-    return Rate(count, interval)
+    return _checked(count, multiple * unit_ms, repr(text[:100]))
+
+
+def _checked(limit: object, interval: object, shown: str) -> Rate:
+    """A :class:`Rate` of ``limit`` per ``interval`` ms, within the bounds, else ValueError."""
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        if not (isinstance(limit, float) and limit.is_integer()):
+            raise ValueError(f"invalid rate {shown}: the count must be a whole number")
+        limit = int(limit)
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)):
+        raise ValueError(f"invalid rate {shown}: the interval must be a number of milliseconds")
+    if limit <= 0 or not interval >= 0.5:  # NaN too; rounds to 0 ms below 0.5
+        raise ValueError(f"invalid rate {shown}: the count and the interval must be positive")
+    if limit > MAX_LIMIT:
+        raise ValueError(f"invalid rate {shown}: the count must be at most {MAX_LIMIT:,}")
+    if interval > MAX_INTERVAL_MS:
+        raise ValueError(
+            f"invalid rate {shown}: the interval must be at most {MAX_INTERVAL_MS:,} ms "
+            "(about 31 years)"
+        )
+    return Rate(limit, round(interval))
 
 
 def normalize_limits(limits: LimitsArg) -> list[Rate]:
@@ -73,7 +106,8 @@ def normalize_limits(limits: LimitsArg) -> list[Rate]:
 
     :param limits: ``None``, one rate, or an iterable of rates (strings or ``Rate``).
     :returns: the binding rates, shortest interval first; empty for "no limit".
-    :raises ValueError: for an invalid rate, or a set of rates that cannot be ordered.
+    :raises ValueError: for an invalid rate (bounds as in :func:`parse_rate`), or a set
+        of rates that cannot be ordered.
     """
     if limits is None:
         return []
@@ -81,11 +115,7 @@ def normalize_limits(limits: LimitsArg) -> list[Rate]:
     rates: list[Rate] = []
     for item in items:
         if isinstance(item, Rate):
-            if item.limit <= 0 or item.interval <= 0:
-                raise ValueError(
-                    f"invalid rate {item!r}: the count and the interval must be positive"
-                )
-            rates.append(Rate(item.limit, item.interval))
+            rates.append(_checked(item.limit, item.interval, f"{item.limit}/{item.interval}ms"))
         else:
             rates.append(parse_rate(item))
     kept: list[Rate] = []

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import email.utils
+import math
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +21,7 @@ from urllib3.exceptions import (
 )
 
 from ._budget import RetryBudget
+from ._limiter import MAX_PAUSE
 
 #: RFC 9110 section 9.2.2: the methods a client may repeat without changing the outcome.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -65,18 +68,33 @@ class RetryPolicy:
         if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
             raise ValueError(f"retries must be a whole number >= 0, not {self.retries!r}")
         for name in ("backoff_base", "backoff_max", "retry_after_max"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{name} must be a number of seconds >= 0, not {value!r}")
-        if self.deadline is not None and (
-            not isinstance(self.deadline, (int, float)) or self.deadline <= 0
-        ):
-            raise ValueError(f"deadline must be None or seconds > 0, not {self.deadline!r}")
-        statuses = frozenset(self.statuses)
-        if any(not isinstance(s, int) or not 100 <= s <= 599 for s in statuses):
-            raise ValueError(f"statuses must be HTTP status codes, not {sorted(statuses)!r}")
-        object.__setattr__(self, "statuses", statuses)
-        object.__setattr__(self, "methods", frozenset(m.upper() for m in self.methods))
+            _check_seconds(name, getattr(self, name), allow_zero=True)
+        if self.deadline is not None:
+            _check_seconds("deadline", self.deadline, allow_zero=False, none="None or ")
+        budget = self.budget
+        if budget is not None:
+            if not isinstance(budget, RetryBudget):
+                raise ValueError(f"budget must be a RetryBudget or None, not {budget!r}")
+            for name in ("ratio", "min_per_second", "ttl"):
+                value = getattr(budget, name)
+                if not math.isfinite(value):
+                    raise ValueError(f"RetryBudget.{name} must be a finite number, not {value!r}")
+        object.__setattr__(self, "statuses", _statuses(self.statuses))
+        object.__setattr__(self, "methods", _methods(self.methods))
+
+    def __repr__(self) -> str:
+        """The fields that differ from the defaults, sets sorted: ``RetryPolicy(retries=5)``."""
+        shown = []
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value == field.default:
+                continue
+            if isinstance(value, frozenset):
+                text = "{" + ", ".join(map(repr, sorted(value))) + "}" if value else "set()"
+            else:
+                text = repr(value)
+            shown.append(f"{field.name}={text}")
+        return f"RetryPolicy({', '.join(shown)})"
 
     @classmethod
     def coerce(cls, retry: RetryPolicy | int | None) -> RetryPolicy:
@@ -118,25 +136,88 @@ class RetryPolicy:
         return backoff.full_jitter(cap) if self.jitter else cap
 
 
+def _check_seconds(name: str, value: object, *, allow_zero: bool, none: str = "") -> None:
+    """Refuse anything but a finite number of seconds in ``[0 or >0, MAX_PAUSE]``."""
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and (value >= 0 if allow_zero else value > 0)
+        and value <= MAX_PAUSE  # NaN and inf fail one of these
+    )
+    if not ok:
+        low = ">= 0" if allow_zero else "> 0"
+        raise ValueError(
+            f"{name} must be {none}a number of seconds {low} and at most {MAX_PAUSE:.0e}, "
+            f"not {value!r}"
+        )
+
+
+# RFC 9110 section 5.6.2: a method is a token.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _methods(methods: object) -> frozenset[str]:
+    """``methods`` as a set of upper-case method names; ValueError naming a bad one."""
+    if isinstance(methods, (str, bytes)):
+        raise ValueError(
+            f"methods must be a collection of method names, not the string {methods!r}: "
+            f"pass {{{methods.upper()!r}}} for one method"
+            if isinstance(methods, str)
+            else f"methods must be a collection of method names, not {methods!r}"
+        )
+    try:
+        names = list(methods)  # type: ignore[call-overload]
+    except TypeError:
+        raise ValueError(f"methods must be a collection of method names, not {methods!r}") from None
+    for name in names:
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            raise ValueError(f"methods must be HTTP method names such as 'GET', not {name!r}")
+    return frozenset(name.upper() for name in names)
+
+
+def _statuses(statuses: object) -> frozenset[int]:
+    """``statuses`` as a set of ints 100-599; ValueError naming a bad one."""
+    if isinstance(statuses, (str, bytes)):
+        raise ValueError(f"statuses must be a collection of ints such as {{503}}, not {statuses!r}")
+    try:
+        codes = list(statuses)  # type: ignore[call-overload]
+    except TypeError:
+        raise ValueError(
+            f"statuses must be a collection of ints such as {{503}}, not {statuses!r}"
+        ) from None
+    for code in codes:
+        if isinstance(code, bool) or not isinstance(code, int) or not 100 <= code <= 599:
+            raise ValueError(f"statuses must be HTTP status codes (ints 100-599), not {code!r}")
+    return frozenset(codes)
+
+
+_DELAY_SECONDS = re.compile(r"[0-9]+")
+
+
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds a ``Retry-After`` header asks for (RFC 9110 10.2.3), or ``None`` if unusable.
+
+    Never raises: only ASCII digits make a delay (``str.isdigit`` also accepts ``"²"``),
+    a date out of range is unusable, and a longer wait than ``MAX_PAUSE`` is cut to it.
 
     :param value: the header value: delay-seconds or an HTTP-date.
     :param now: current wall-clock time, for the date form (defaults to ``time.time()``).
     """
-    if value is None:
+    if not isinstance(value, str):
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if _DELAY_SECONDS.fullmatch(value):
+        # float() of a long digit string is inf, never an error.
+        return min(float(value), MAX_PAUSE)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        if when is None or when.tzinfo is None:
+            return None
+        wait = when.timestamp() - (time.time() if now is None else now)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        # 20-digit years, days or offsets overflow C integers in the date parser.
         return None
-    if when is None or when.tzinfo is None:
-        return None
-    now = time.time() if now is None else now
-    return max(0.0, when.timestamp() - now)
+    return min(max(0.0, wait), MAX_PAUSE) if math.isfinite(wait) else None
 
 
 def _reason(exc: BaseException) -> Any:

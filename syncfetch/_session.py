@@ -273,6 +273,8 @@ class Session(requests.Session):
         # reset after: its attempts (redirect hops included) are counted in it.
         call = self._new_call()
         token = CURRENT_CALL.set(call)
+        used = getattr(item, "method", None) or method
+        used = used.upper() if isinstance(used, str) else None  # as requests sends it
         try:
             if isinstance(item, str):
                 resp = self.request(method, item, **kwargs)
@@ -284,10 +286,10 @@ class Session(requests.Session):
                     f"map() items must be URL strings or requests.Request, not {item!r}"
                 )
         except Exception as exc:
-            return Result(index, item, None, exc, call.attempts, time.monotonic() - start)
+            return Result(index, item, None, exc, call.attempts, time.monotonic() - start, used)
         finally:
             CURRENT_CALL.reset(token)
-        return Result(index, item, resp, None, call.attempts, time.monotonic() - start)
+        return Result(index, item, resp, None, call.attempts, time.monotonic() - start, used)
 
     def close(self) -> None:
         """Cancel pool work not yet started, end every wait, close connections.

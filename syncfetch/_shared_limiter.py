@@ -17,7 +17,7 @@ from pyrate_limiter import Rate
 from requests.exceptions import RequestException
 
 from ._exceptions import BackendUnavailable, RateLimitExceeded
-from ._limiter import KeyedLimiter, Token
+from ._limiter import KeyedLimiter, Token, pause_seconds
 
 log = logging.getLogger("syncfetch")
 T = TypeVar("T")
@@ -142,8 +142,13 @@ class SharedLimiter:
         """Hold back every token for ``key`` for ``seconds``, in every process.
 
         A backend failure is not raised (the server's answer is already in hand); the
-        pause then holds in this process's fallback limiter, if any.
+        pause then holds in this process's fallback limiter, if any. NaN or a value <= 0
+        records nothing; a longer one than ``MAX_PAUSE`` is cut to it, so the backend is
+        only ever handed a value it can store.
         """
+        seconds = pause_seconds(seconds)
+        if not seconds:
+            return
         if self._fallback is not None:
             self._fallback.pause(key, seconds)
         try:

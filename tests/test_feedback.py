@@ -194,13 +194,26 @@ def test_budget_tracker_counts_per_key() -> None:
     assert tracker.try_spend("a") is True
 
 
-def test_a_pause_beyond_retry_after_max_fails_other_calls_fast(server: ScriptedServer) -> None:
+def test_a_pause_beyond_retry_after_max_is_capped_then_the_server_is_probed(
+    server: ScriptedServer,
+) -> None:
     server.script("/q", Step(headers={"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "120"}))
     with syncfetch.Session(retry=syncfetch.RetryPolicy(retry_after_max=1)) as s:
         s.get(server.url_for("/q"))
+        assert 0 < s._pipeline.limiter.paused_for(f"http://127.0.0.1:{server.port}") <= 1
+        # The capped pause is waited out (skipped in testing mode), then the next call
+        # asks the server again.
+        s.get(server.url_for("/q"))
+    assert server.count("/q") == 2
+
+
+def test_a_pause_longer_than_max_wait_fails_other_calls_fast(server: ScriptedServer) -> None:
+    server.script("/q", Step(headers={"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "120"}))
+    with syncfetch.Session(max_wait=10) as s:
+        s.get(server.url_for("/q"))
         with pytest.raises(syncfetch.RateLimitExceeded) as info:
             s.get(server.url_for("/q"))
-    assert 100 < (info.value.retry_after or 0) <= 120
+    assert 50 < (info.value.retry_after or 0) <= 60  # capped at retry_after_max (60)
     assert server.count("/q") == 1
 
 
