@@ -291,6 +291,51 @@ def scan_output(path: str) -> Previous:
     return prev
 
 
+class OutputBusy(Exception):
+    """Another process holds the lock on OUTPUT."""
+
+
+def _lock(out: IO[bytes], path: str) -> None:
+    """Lock OUTPUT against a second run writing it at the same time (POSIX only)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no advisory locks
+        return
+    try:
+        fcntl.flock(out.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise OutputBusy(f"{path} is being written by another syncfetch run") from None
+
+
+def open_output(path: str, resume: bool) -> tuple[IO[bytes], Previous]:
+    """Open OUTPUT for appending, locked; emptied, or with ``resume`` scanned (see below).
+
+    A regular file is locked before it is emptied or repaired, so a second run on the
+    same OUTPUT stops with :class:`OutputBusy` instead of destroying the first one's work.
+
+    :returns: the open file and what it already held (:func:`scan_output`).
+    :raises OutputBusy: when another run holds the lock.
+    :raises OSError: when OUTPUT cannot be opened, read or repaired.
+    """
+    out = open(path, "ab")  # noqa: SIM115 - returned to the caller
+    try:
+        if not os.path.isfile(path):
+            return out, Previous()  # a device or pipe such as /dev/stdout
+        _lock(out, path)
+        if not resume:
+            out.truncate(0)
+            return out, Previous()
+        previous = scan_output(path)
+        if previous.moved:  # the file was replaced: lock the new one
+            out.close()
+            out = open(path, "ab")  # noqa: SIM115
+            _lock(out, path)
+        return out, previous
+    except BaseException:
+        out.close()
+        raise
+
+
 def _move_invalid_lines(path: str) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     try:

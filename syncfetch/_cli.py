@@ -16,11 +16,12 @@ from typing import IO, Any, NoReturn
 from ._batch import (
     BatchSession,
     Interrupted,
+    OutputBusy,
     Tally,
     check_method,
     count_items,
+    open_output,
     run_fetch,
-    scan_output,
 )
 from ._demo import add_demo_arguments, demo_main
 from ._progress import LineHandler, ProgressLine
@@ -278,6 +279,13 @@ def _count_in_background(tally: Tally, path: str) -> None:
     threading.Thread(target=count, name="syncfetch-count", daemon=True).start()
 
 
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def _usage(message: str) -> int:
     print(f"syncfetch: error: {message}", file=sys.stderr)
     return 2
@@ -290,6 +298,8 @@ def fetch_main(args: argparse.Namespace) -> int:
         return _usage(f"--output {args.output} is a directory")
     if args.resume and os.path.exists(args.output) and not os.path.isfile(args.output):
         return _usage(f"--resume needs --output to be a regular file, not {args.output}")
+    if args.input != "-" and _same_file(args.input, args.output):
+        return _usage("--output is INPUT: it would be overwritten")
     try:
         normalize_limits(args.rate)
     except ValueError as exc:
@@ -338,15 +348,19 @@ def _fetch_from(args: argparse.Namespace, line: ProgressLine, source: IO[bytes])
         return _usage(f"--backend: {exc}" if "backend" in str(exc) else str(exc))
     except ImportError as exc:
         return _usage(f"--backend {args.backend}: {exc} (pip install 'syncfetch[redis]')")
-    if not args.rate:
-        log.warning(
-            "syncfetch: no --rate given: requests are not rate limited (at most %d in flight)",
-            args.concurrency,
-        )
     tally = Tally()
     try:
         with session:
-            tally.previous = scan_output(args.output) if args.resume else tally.previous
+            try:
+                out, tally.previous = open_output(args.output, args.resume)
+            except OutputBusy as exc:
+                return _usage(str(exc))
+            if not args.rate:
+                log.warning(
+                    "syncfetch: no --rate given: requests are not rate limited "
+                    "(at most %d in flight)",
+                    args.concurrency,
+                )
             if tally.previous.moved:
                 log.warning(
                     "syncfetch: %d invalid lines of %s moved to %s.invalid; "
@@ -357,7 +371,7 @@ def _fetch_from(args: argparse.Namespace, line: ProgressLine, source: IO[bytes])
                 )
             if line.enabled and args.input != "-":
                 _count_in_background(tally, args.input)
-            with open(args.output, "ab" if args.resume else "wb") as out:
+            with out:
                 try:
                     run_fetch(
                         session,

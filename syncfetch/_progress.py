@@ -40,8 +40,9 @@ class RecentRate:
         while len(samples) > 1 and samples[1][0] <= now - self.window:
             samples.popleft()
         then, done_then = samples[0]
-        span = now - then
-        return (done - done_then) / span if span > 0 else 0.0
+        # At least a second: the first burst of a limit (N/s admits N at once) would
+        # otherwise read as many times the limit.
+        return (done - done_then) / max(now - then, min(1.0, self.window))
 
 
 def duration(seconds: float) -> str:

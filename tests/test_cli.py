@@ -337,6 +337,28 @@ def test_resume_cuts_a_torn_last_line(server: ScriptedServer, tmp_path: Path) ->
     assert [r.path for r in server.records] == ["/2"]
 
 
+def test_a_second_run_on_the_same_output_is_refused(server: ScriptedServer, tmp_path: Path) -> None:
+    server.script("/slow", Step(delay=0.1))
+    src = tmp_path / "in.txt"
+    src.write_text(f"{server.url_for('/slow')}\n" * 20)
+    out = tmp_path / "out.jsonl"
+    cmd = [sys.executable, "-m", "syncfetch", "fetch", str(src), "-o", str(out)]
+    first = subprocess.Popen([*cmd, "--concurrency", "1"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while (not out.exists() or not out.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for extra in ([], ["--resume"]):
+        second = fetch(str(src), "-o", str(out), *extra)
+        assert second.returncode == 2, second.stderr
+        assert "another syncfetch run" in second.stderr
+    _, err = first.communicate(timeout=60)
+    assert first.returncode == 0, err
+    assert sorted(r["index"] for r in lines(out)) == list(range(1, 21))
+    same = fetch(str(src), "-o", str(src))
+    assert same.returncode == 2 and "INPUT" in same.stderr
+    assert src.read_text().count("\n") == 20
+
+
 def test_scan_output_keeps_a_last_record_missing_only_its_newline(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     out.write_text('{"index": 1, "ok": true}\n{"index": 2, "ok": false, "error": "X: y"}')
