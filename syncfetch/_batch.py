@@ -249,9 +249,9 @@ def scan_output(path: str) -> Previous:
     """Read OUTPUT for ``--resume``, repairing it so that every line is a record.
 
     Every valid record is kept. A torn last line (no newline, not a record) is cut off.
-    Invalid lines elsewhere are moved to ``path + ".invalid"`` (the file is rewritten
-    through a temporary file and an atomic rename); their items have no record and are
-    fetched again.
+    Invalid lines elsewhere are moved to ``path + ".invalid"`` and blank lines dropped
+    (the file is rewritten through a temporary file and an atomic rename); the items of
+    invalid lines have no record and are fetched again.
 
     :raises OSError: when OUTPUT cannot be read or repaired.
     """
@@ -259,6 +259,7 @@ def scan_output(path: str) -> Previous:
     if not os.path.exists(path):
         return prev
     last_newline = True
+    blank = False
     size = 0
     last_len = 0
     with open(path, "rb") as f:
@@ -268,9 +269,11 @@ def scan_output(path: str) -> Previous:
             last_newline = raw.endswith(b"\n")
             rec = _as_record(raw)
             if rec is None:
-                if not last_newline:
+                if not raw.strip():
+                    blank = True
+                elif not last_newline:
                     prev.torn = True
-                elif raw.strip():
+                else:
                     prev.moved += 1
                 continue
             if rec["index"] in prev.indices:
@@ -280,7 +283,7 @@ def scan_output(path: str) -> Previous:
                 prev.ok += 1
             else:
                 prev.failures[_reason(rec)] += 1
-    if prev.moved:
+    if prev.moved or blank:
         _move_invalid_lines(path)
     elif prev.torn:
         with open(path, "rb+") as f:
@@ -339,11 +342,16 @@ def open_output(path: str, resume: bool) -> tuple[IO[bytes], Previous]:
 def _move_invalid_lines(path: str) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        with open(path, "rb") as src, open(tmp, "wb") as good, open(path + ".invalid", "ab") as bad:
+        with contextlib.ExitStack() as files:
+            src = files.enter_context(open(path, "rb"))
+            good = files.enter_context(open(tmp, "wb"))
+            bad: IO[bytes] | None = None  # opened at the first invalid line
             for raw in src:
                 if _as_record(raw) is not None:
                     good.write(raw if raw.endswith(b"\n") else raw + b"\n")
                 elif raw.endswith(b"\n") and raw.strip():
+                    if bad is None:
+                        bad = files.enter_context(open(path + ".invalid", "ab"))
                     bad.write(raw)
             good.flush()
             os.fsync(good.fileno())

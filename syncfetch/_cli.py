@@ -208,9 +208,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     talk = fetch.add_mutually_exclusive_group()
     talk.add_argument(
-        "-q", "--quiet", action="store_true", help="no progress line, no warnings; summary only"
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress line and no warnings, only the summary (default: warnings shown)",
     )
-    talk.add_argument("-v", "--verbose", action="store_true", help="log every retry and pause")
+    talk.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also log every retry and pause (default: warnings only)",
+    )
     demo = sub.add_parser("demo", help="syncfetch vs common recipes on a strict local API")
     add_demo_arguments(demo)
     return parser

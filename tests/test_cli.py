@@ -135,6 +135,47 @@ def test_read_items_keeps_numbering_past_bad_and_long_lines() -> None:
     assert isinstance(got[2][1], BadLine) and "longer" in str(got[2][1])
 
 
+@given(st.binary(max_size=300))
+def test_read_items_takes_any_bytes(data: bytes) -> None:
+    import io
+
+    got = list(read_items(io.BytesIO(data)))
+    numbers = [n for n, _ in got]
+    assert numbers == sorted(set(numbers))
+    assert all(1 <= n <= data.count(b"\n") + 1 for n in numbers)
+    assert all(isinstance(t, BadLine) or (t and t == t.strip()) for _, t in got)
+
+
+_LINES = st.one_of(
+    st.builds(lambda i, ok: json.dumps({"index": i, "ok": ok}), st.integers(1, 20), st.booleans()),
+    st.text(alphabet='{}"index:ok, 1tr\\', max_size=20).filter(lambda t: "\n" not in t),
+)
+
+
+@given(st.lists(_LINES, max_size=12), st.booleans())
+def test_scan_output_keeps_every_valid_record(raw: list[str], newline_at_end: bool) -> None:
+    import tempfile
+
+    text = "\n".join(raw) + ("\n" if newline_at_end and raw else "")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "out.jsonl"
+        path.write_text(text)
+        prev = scan_output(str(path))
+        after = path.read_text()
+    assert after == "" or after.endswith("\n")
+    kept = [json.loads(line) for line in after.splitlines()]  # every line is a record
+    valid = []
+    for line in raw:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("index"), int) and "ok" in rec:
+            valid.append(rec)
+    assert kept == valid
+    assert prev.indices == {r["index"] for r in valid}
+
+
 def test_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
     src = tmp_path / "in.txt"
     src.write_text("http://127.0.0.1:9/\n")
