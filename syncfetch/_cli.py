@@ -13,16 +13,9 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import IO, Any, NoReturn
 
-from ._batch import (
-    BatchSession,
-    Interrupted,
-    OutputBusy,
-    Tally,
-    check_method,
-    count_items,
-    open_output,
-    run_fetch,
-)
+from ._batch import BatchSession, Interrupted, Tally, run_fetch
+from ._batch_input import check_method, count_items
+from ._batch_output import OutputBusy, open_output
 from ._demo import add_demo_arguments, demo_main
 from ._progress import LineHandler, ProgressLine
 from ._rates import normalize_limits, parse_rate
