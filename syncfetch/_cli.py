@@ -257,18 +257,19 @@ def _state_backend() -> str:
 
 @contextlib.contextmanager
 def _logging_to(line: ProgressLine, level: int) -> Iterator[None]:
-    """Route the ``syncfetch`` logger's records above the progress line while running."""
-    handler = LineHandler(line)
-    saved = (log.level, log.propagate)
-    log.addHandler(handler)
-    log.setLevel(level)
-    log.propagate = False
+    """Print log records (any library's, and Python warnings) above the progress line."""
+    handler = LineHandler(line, level)
+    root = logging.getLogger()
+    saved = log.level
+    root.addHandler(handler)
+    log.setLevel(level)  # other loggers keep the root's level (WARNING)
+    logging.captureWarnings(True)
     try:
         yield
     finally:
-        log.removeHandler(handler)
-        log.setLevel(saved[0])
-        log.propagate = saved[1]
+        logging.captureWarnings(False)
+        root.removeHandler(handler)
+        log.setLevel(saved)
 
 
 def _count_in_background(tally: Tally, path: str) -> None:
@@ -324,7 +325,7 @@ def _fetch(args: argparse.Namespace, line: ProgressLine) -> int:
         )
     except OSError as exc:
         return _usage(f"cannot read {args.input}: {exc.strerror}")
-    with source:
+    with contextlib.nullcontext() if source is sys.stdin.buffer else source:
         return _fetch_from(args, line, source)
 
 
