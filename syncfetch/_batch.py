@@ -2,159 +2,173 @@
 
 from __future__ import annotations
 
-import base64
+import contextlib
 import json
-import os
-import sys
+import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import IO, Any
 
 from requests import Request
 
+from ._batch_input import BadLine, parse_line, read_items
+from ._batch_output import Previous, bad_record, reason, record
+from ._progress import ProgressLine, RecentRate, Ticker, duration
 from ._result import Result
 from ._session import Session
 
 
-class BadLine(Exception):
-    """An input line that is neither a URL nor a valid JSON request object."""
+class BatchSession(Session):
+    """A :class:`Session` whose :meth:`map` applies an item's own ``options`` (see ``Item``)."""
 
-
-def parse_line(text: str, method: str) -> str | Request:
-    """One input line: a URL, or a JSON object with ``method``, ``url`` and request fields."""
-    if not text.startswith("{"):
-        return text
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadLine(f"invalid JSON: {exc}") from exc
-    if not isinstance(obj, dict) or not isinstance(obj.get("url"), str):
-        raise BadLine('a JSON line must be an object with a "url" string')
-    unknown = set(obj) - {"method", "url", "headers", "params", "json", "data"}
-    if unknown:
-        raise BadLine(f"unknown fields {sorted(unknown)}")
-    return Request(
-        method=str(obj.get("method") or method).upper(),
-        url=obj["url"],
-        headers=obj.get("headers"),
-        params=obj.get("params"),
-        json=obj.get("json"),
-        data=obj.get("data"),
-    )
-
-
-def read_items(stream: IO[str]) -> Iterator[tuple[int, str]]:
-    """(line number, text) for each line that is not blank or a ``#`` comment."""
-    for number, line in enumerate(stream, 1):
-        text = line.strip()
-        if text and not text.startswith("#"):
-            yield number, text
-
-
-def done_indices(path: str) -> set[int]:
-    """Indices already in OUTPUT; a torn last line (a crash mid-write) is cut off."""
-    done: set[int] = set()
-    if not os.path.exists(path):
-        return done
-    with open(path, "rb+") as out:
-        good_end = 0
-        for raw in out:
-            if not raw.endswith(b"\n"):
-                break
-            try:
-                done.add(int(json.loads(raw)["index"]))
-            except (ValueError, KeyError, TypeError):
-                break
-            good_end += len(raw)
-        out.truncate(good_end)
-    return done
-
-
-def record(result: Result, line: int, with_body: bool) -> dict[str, Any]:
-    """The JSON object written for one result."""
-    resp = result.response
-    rec: dict[str, Any] = {
-        "index": line,
-        "url": result.url,
-        "method": getattr(result.request, "method", None) or "GET",
-        "status": resp.status_code if resp is not None else None,
-        "ok": result.ok,
-        "error": f"{type(result.error).__name__}: {result.error}" if result.error else None,
-        "attempts": result.attempts,
-        "elapsed": round(result.elapsed, 4),
-    }
-    if with_body and resp is not None:
-        try:
-            rec["body"] = resp.content.decode("utf-8")
-        except UnicodeDecodeError:
-            rec["body"] = base64.b64encode(resp.content).decode("ascii")
-            rec["body_encoding"] = "base64"
-    return rec
+    def _run_item(
+        self, index: int, item: str | Request, method: str, kwargs: dict[str, Any]
+    ) -> Result:
+        options = getattr(item, "options", None)
+        if options:
+            kwargs = {**kwargs, **options}
+        return super()._run_item(index, item, method, kwargs)
 
 
 @dataclass
 class Tally:
-    """Counts for the progress line and the summary."""
+    """Counts for the progress line and the summary: OUTPUT's earlier records and this run's.
 
-    total: int | None
+    Written only by the thread that consumes ``map`` and writes OUTPUT (the main one);
+    the progress thread reads ``done`` and ``failed`` (single reads, atomic under the GIL).
+    """
+
+    previous: Previous = field(default_factory=Previous)
+    total: int | None = None
     started: float = field(default_factory=time.monotonic)
     done: int = 0
-    ok: int = 0
+    failed: int = 0
     failures: Counter[str] = field(default_factory=Counter)
 
     def add(self, rec: dict[str, Any]) -> None:
+        if not rec["ok"]:
+            self.failures[reason(rec)] += 1
+            self.failed += 1
         self.done += 1
-        if rec["ok"]:
-            self.ok += 1
-        else:
-            reason = rec["error"].split(":", 1)[0] if rec["error"] else f"HTTP {rec['status']}"
-            self.failures[reason] += 1
 
-    def line(self, session: Session) -> str:
-        took = max(time.monotonic() - self.started, 1e-9)
-        rate = self.done / took
+    @property
+    def all_done(self) -> int:
+        return len(self.previous.indices) + self.done
+
+    @property
+    def all_failed(self) -> int:
+        return len(self.previous.indices) - self.previous.ok + self.failed
+
+    def line(self, session: Session, rate: float) -> str:
+        """The progress line: done (of the total), recent rate, ETA, failures, 429s."""
         stats = session.stats
-        text = f"{self.done}"
+        done = self.all_done
+        text = f"{done:,}"
         if self.total is not None:
-            left = self.total - self.done
-            eta = f", ETA {left / rate:.0f} s" if rate > 0 else ""
-            text += f"/{self.total} ({100 * self.done / max(self.total, 1):.0f}%{eta})"
+            total = max(self.total, done)
+            text += f"/{total:,} ({100 * done / max(total, 1):.0f}%)"
+        text += f" done, {rate:.1f}/s"
+        if self.total is not None and rate > 0:
+            text += f", ETA {duration((max(self.total, done) - done) / rate)}"
         return (
-            f"{text} done, {rate:.1f}/s, {self.done - self.ok} failed, "
-            f"{stats.retries} retries, {stats.responses_429} x 429"
+            f"{text}, {self.all_failed:,} failed, {stats.retries:,} retries, "
+            f"{stats.responses_429:,} x 429, {duration(time.monotonic() - self.started)} elapsed"
         )
 
-    def summary(self) -> str:
+    def summary(self, session: Session) -> str:
+        """The summary printed at the end: OUTPUT's totals, then this run's."""
         took = time.monotonic() - self.started
-        failed = self.done - self.ok
-        text = f"{self.done} items in {took:.1f} s: {self.ok} ok, {failed} failed"
+        stats = session.stats
+        failed = self.all_failed
+        counts = f"{self.all_done - failed} ok, {failed} failed"
         if failed:
-            text += " (" + ", ".join(f"{n} {why}" for why, n in self.failures.most_common()) + ")"
-        return text
+            failures = self.previous.failures + self.failures
+            counts += " (" + ", ".join(f"{n} {why}" for why, n in failures.most_common()) + ")"
+        tail = f"{stats.retries} retries, {stats.responses_429} x 429"
+        if not self.previous.indices:
+            return f"{self.done} items in {took:.1f} s: {counts}; {tail}"
+        return (
+            f"{self.all_done} items in OUTPUT: {counts}\n"
+            f"{len(self.previous.indices)} done before, {self.done} done now in {took:.1f} s; "
+            f"{tail}"
+        )
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM reached the batch; ``signum`` says which."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Signals:
+    """SIGINT/SIGTERM raise :class:`Interrupted`, but never in the middle of a write.
+
+    A signal during a write is held (``pending``) and raised once the line is out, so
+    an interrupt never tears a line. Only the main thread can install handlers; elsewhere
+    this does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.writing = False
+        self.pending: int | None = None
+        self._saved: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.writing:
+            self.pending = signum
+        else:
+            raise Interrupted(signum)
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._saved[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._saved.items():
+            signal.signal(signum, handler)
+
+    def check(self) -> None:
+        if self.pending is not None:
+            raise Interrupted(self.pending)
 
 
 def run_fetch(
     session: Session,
-    source: IO[str],
-    out: IO[str],
+    source: IO[bytes],
+    out: IO[bytes],
     *,
     method: str,
     headers: dict[str, str],
-    skip: set[int],
     with_body: bool,
-    progress: bool,
-    total: int | None,
+    redact_query: bool,
+    tally: Tally,
+    progress: ProgressLine,
 ) -> Tally:
-    """Fetch every item of ``source`` not in ``skip``, writing one line per item to ``out``."""
-    tally = Tally(total=None if total is None else total - len(skip))
+    """Fetch every item of ``source`` with no record yet, writing one line per item to ``out``.
+
+    :raises Interrupted: on SIGINT/SIGTERM, after the line being written is complete.
+    """
+    skip = tally.previous.indices
     lines: dict[int, int] = {}  # map() position -> input line, for items in flight
+    signals = _Signals()
 
     def write(rec: dict[str, Any]) -> None:
-        out.write(json.dumps(rec) + "\n")
-        out.flush()
-        tally.add(rec)
+        signals.writing = True
+        try:
+            out.write(json.dumps(rec).encode("ascii") + b"\n")
+            out.flush()
+            tally.add(rec)
+        finally:
+            signals.writing = False
+        signals.check()
 
     def items() -> Iterator[str | Request]:
         position = 0
@@ -162,34 +176,23 @@ def run_fetch(
             if number in skip:
                 continue
             try:
+                if isinstance(text, BadLine):
+                    raise text
                 item = parse_line(text, method)
             except BadLine as exc:
-                write(
-                    {
-                        "index": number,
-                        "url": None,
-                        "method": None,
-                        "status": None,
-                        "ok": False,
-                        "error": f"BadLine: {exc}",
-                        "attempts": 0,
-                        "elapsed": 0.0,
-                    }
-                )
+                write(bad_record(number, exc))
                 continue
             lines[position] = number
             position += 1
             yield item
 
-    last_draw = 0.0
+    recent = RecentRate()  # used by the ticker thread only
+
+    def draw() -> None:
+        progress.draw(tally.line(session, recent.rate(tally.done)))
+
     kwargs = {"headers": headers} if headers else {}
-    for result in session.map(items(), method, ordered=False, **kwargs):
-        write(record(result, lines.pop(result.index), with_body))
-        now = time.monotonic()
-        if progress and now - last_draw > 0.1:
-            last_draw = now
-            sys.stderr.write("\r\x1b[K" + tally.line(session))
-            sys.stderr.flush()
-    if progress:
-        sys.stderr.write("\r\x1b[K")
+    with signals, Ticker(draw) if progress.enabled else contextlib.nullcontext():
+        for result in session.map(items(), method, ordered=False, **kwargs):
+            write(record(result, lines.pop(result.index), method, with_body, redact_query))
     return tally

@@ -320,7 +320,11 @@ def format_table(rows: list[Row], cfg: ProviderConfig, budget: float) -> str:
             "",
             "floor: the least time the provider's windows allow for the requests it admitted",
             "(earliest schedule plus one latency; '-': they fit in one burst).",
-            f"*: stopped at the {budget:g} s budget; unfinished items count as failures.",
+            *(
+                [f"*: stopped at the {budget:g} s budget; unfinished items count as failures."]
+                if any(row.report is not None and row.report.stopped for row in rows)
+                else []
+            ),
             "peak mem: growth of the client process's peak RSS. CPU: its user + system time.",
             *notes,
         ]

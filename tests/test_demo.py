@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from syncfetch._demo import Report, Row, plot
+from syncfetch._demo import Report, Row, format_table, plot
 from syncfetch._provider import (
     RESET,
     Arrival,
@@ -245,3 +245,11 @@ def test_plot_draws_a_png(tmp_path: Path) -> None:
     path = tmp_path / "p.png"
     assert plot(_rows(), ProviderConfig(), str(path)) is True
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_budget_footnote_only_when_a_client_was_stopped() -> None:
+    done = Row("a", 2, Report(ok=2, finished=2, elapsed=1.0), [], 0.0)
+    stopped = Row("b", 2, Report(ok=1, finished=1, elapsed=5.0, stopped=True), [], 0.0)
+    assert "stopped at the" not in format_table([done], ProviderConfig(), 5.0)
+    table = format_table([done, stopped], ProviderConfig(), 5.0)
+    assert "5.0 s*" in table and "*: stopped at the 5 s budget" in table
