@@ -45,8 +45,8 @@ class RetryPolicy:
     :param retry_after_max: longest wait a server may ask for (``Retry-After``, a spent
         quota); a longer one ends the call at once with that response, or raises
         :class:`RateLimitExceeded` before sending.
-    :param budget: retries allowed across the session's threads, per bucket key, as a
-        share of recent calls (:class:`RetryBudget`); ``None`` for no budget.
+    :param budget: retry tokens per bucket key, shared by the session's threads: a retry
+        spends one, a success refunds one (:class:`RetryBudget`); ``None`` for no budget.
     """
 
     retries: int = 3
