@@ -21,7 +21,7 @@ from requests import PreparedRequest, Request, Response
 from requests.adapters import BaseAdapter, HTTPAdapter
 
 from ._adaptive import Adaptive, AdaptiveLimiter
-from ._backends import ON_BACKEND_ERROR, make_limiter
+from ._backends import BACKEND_FORMS, ON_BACKEND_ERROR, make_limiter
 from ._executor import BoundedExecutor
 from ._limiter import KeyedLimiter, Limiter
 from ._pipeline import CURRENT_CALL, Call, Pipeline
@@ -120,7 +120,15 @@ def _check_max_workers(value: Any) -> int | None:
 
 
 def _check_backend(backend: Any) -> Any:
-    """Catch what can be caught without connecting: an SQLite file that cannot be created."""
+    """Catch what can be caught without connecting: an unknown form, an SQLite file that
+    cannot be created."""
+    if not (
+        backend is None
+        or backend == "memory"
+        or (isinstance(backend, str) and backend.startswith(BACKEND_PREFIXES))
+        or type(backend).__module__.startswith("redis")
+    ):
+        raise ValueError(f"unknown backend {backend!r}: expected {BACKEND_FORMS}")
     if isinstance(backend, str) and backend.startswith("sqlite:///"):
         path = backend[len("sqlite:///") :]
         folder = os.path.dirname(os.path.abspath(path))
@@ -167,6 +175,22 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "rate_limit_headers": _check_flag("rate_limit_headers"),
     "adaptive": _check_adaptive,
 }
+BACKEND_PREFIXES = ("sqlite:///", "redis://", "rediss://", "unix://")
+
+
+def check_arguments(kwargs: Mapping[str, Any]) -> None:
+    """Check :class:`Session` keyword arguments as the constructor would, building nothing.
+
+    :raises ValueError: naming an unknown argument or a bad value.
+    :raises TypeError: for a value of the wrong type, naming it.
+    """
+    for name, value in kwargs.items():
+        check = _CHECKS.get(name)
+        if check is None:
+            raise ValueError(f"syncfetch.Session has no argument {name!r}")
+        check(value)
+
+
 # Settings that replace only the pipeline (the limiter's windows and pauses, the slots,
 # the pool and the stats carry over): safe to assign while other threads send.
 _PIPELINE_SETTINGS = frozenset({"retry", "max_wait", "rate_limit_headers", "adaptive"})
