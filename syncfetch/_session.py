@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from datetime import timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import requests
 from pyrate_limiter import Rate
@@ -30,6 +30,9 @@ from ._result import Result
 from ._retry import RetryPolicy
 from ._slots import Slots
 from ._stats import Stats, StatsRecorder
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 
 class _Unset:
@@ -58,8 +61,10 @@ DEFAULT_TIMEOUT = (3.05, 30.0)
 DEFAULT_MARGIN = 0.002
 
 
-TimeoutArg = float | tuple[float | None, float | None] | None
-BackendArg = str | Any  # "memory", "sqlite:///path", "redis://...", or a redis.Redis client
+#: Seconds, a ``(connect, read)`` pair (either may be None), or None for no timeout.
+TimeoutArg: TypeAlias = "float | tuple[float | None, float | None] | None"
+#: ``"memory"``, ``"sqlite:///path"``, ``"redis://..."``, or a ``redis.Redis`` client.
+BackendArg: TypeAlias = "str | Redis"
 
 
 def _is_seconds(value: Any) -> bool:
@@ -246,7 +251,13 @@ class Session(requests.Session):
         ``X-RateLimit-*`` headers report its quota spent, until the reset they give.
     :param adaptive: ``True`` or an :class:`Adaptive` to let each key's rate follow the
         server's throttling (the limits become a ceiling); ``None``/``False`` for off.
-    :raises ValueError: for an invalid argument, naming it.
+    :raises ValueError: for an invalid argument, naming it (also a ``sqlite:///`` path
+        whose directory does not exist).
+    :raises TypeError: for an argument of the wrong type, naming it.
+
+    Each argument is also an attribute. Assigning one is checked the same way and takes
+    effect at once, while other threads send, except ``per_host``, ``backend``,
+    ``max_concurrency`` and ``max_workers``, which can change only before the first call.
     """
 
     __attrs__ = [  # noqa: RUF012 - requests declares it as a plain list
