@@ -87,6 +87,7 @@ def session_from_settings(
     :param source: where the mapping came from, for error messages.
     :returns: a new session.
     :raises ValueError: for unknown keys or invalid values, naming them.
+    :raises TypeError: for a value of the wrong type, naming it.
     """
     kwargs = session_kwargs(config, source=source)
     kwargs.update(session_kwargs(overrides, source="overrides"))

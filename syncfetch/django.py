@@ -82,7 +82,9 @@ def get_session() -> Session:
 
     :returns: the session shared by every thread of this process.
     :raises ValueError: for unknown keys in ``settings.SYNCFETCH`` (all named) or
-        invalid values.
+        invalid values (``manage.py check`` reports them first, see
+        :func:`check_syncfetch_setting`).
+    :raises TypeError: for a value of the wrong type, naming it.
     """
     global _session
     session = _session  # one read: the fast path takes no lock

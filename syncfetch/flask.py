@@ -69,6 +69,7 @@ def init_app(app: Flask, **overrides: Any) -> Session:
     :param overrides: :class:`~syncfetch.Session` keyword arguments that win over the config.
     :returns: the session, also stored in ``app.extensions["syncfetch"]``.
     :raises ValueError: for unknown config keys (all named) or invalid values.
+    :raises TypeError: for a config value of the wrong type, naming it.
     :raises RuntimeError: when the app already has a session.
     """
     if EXTENSION_KEY in app.extensions:
