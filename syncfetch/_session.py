@@ -22,6 +22,7 @@ from requests.adapters import BaseAdapter, HTTPAdapter
 
 from ._adaptive import Adaptive, AdaptiveLimiter
 from ._backends import BACKEND_FORMS, ON_BACKEND_ERROR, make_limiter
+from ._exceptions import SessionClosed
 from ._executor import BoundedExecutor
 from ._limiter import KeyedLimiter, Limiter
 from ._pipeline import CURRENT_CALL, Call, Pipeline
@@ -124,6 +125,9 @@ def _check_max_workers(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
+BACKEND_PREFIXES = ("sqlite:///", "redis://", "rediss://", "unix://")
+
+
 def _check_backend(backend: Any) -> Any:
     """Catch what can be caught without connecting: an unknown form, an SQLite file that
     cannot be created."""
@@ -180,7 +184,6 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "rate_limit_headers": _check_flag("rate_limit_headers"),
     "adaptive": _check_adaptive,
 }
-BACKEND_PREFIXES = ("sqlite:///", "redis://", "rediss://", "unix://")
 
 
 def check_arguments(kwargs: Mapping[str, Any]) -> None:
@@ -196,9 +199,9 @@ def check_arguments(kwargs: Mapping[str, Any]) -> None:
         check(value)
 
 
-# Settings that replace only the pipeline (the limiter's windows and pauses, the slots,
-# the pool and the stats carry over): safe to assign while other threads send.
-_PIPELINE_SETTINGS = frozenset({"retry", "max_wait", "rate_limit_headers", "adaptive"})
+# Assigning retry, max_wait, rate_limit_headers or adaptive replaces only the pipeline
+# (the limiter's windows and pauses, the slots, the pool and the stats carry over), and
+# timeout nothing at all: safe while other threads send.
 # Settings that change the limiter: in memory it is changed in place (its windows and
 # pauses stay); a shared backend's new limiter finds them in the backend.
 _LIMITER_SETTINGS = frozenset({"limits", "on_backend_error"})
@@ -475,8 +478,10 @@ class Session(requests.Session):
             if new.budget is not None and old.policy.budget == new.policy.budget:
                 new.budget = old.budget
             if limiter is not old.limiter:
-                # Calls in flight still settle their tokens on the old limiter: close it
-                # once they are done with the old pipeline.
+                # Calls in flight still wait on and settle tokens with the old limiter:
+                # close it once the last of them drops the old pipeline. Its sleep must
+                # not keep that pipeline alive (a cycle would delay the close to a GC).
+                old.limiter.sleep = _weak_sleep(old)
                 weakref.finalize(old, old.limiter.close)
         new.closing = old.closing
         self._gated = {}
@@ -699,6 +704,19 @@ class Session(requests.Session):
                     block=adapter._pool_block,
                 )
                 adapter.proxy_manager = {}
+
+
+def _weak_sleep(pipeline: Pipeline) -> Callable[[float], None]:
+    """``pipeline``'s closable sleep, holding it weakly."""
+    ref = weakref.ref(pipeline)
+
+    def sleep(seconds: float) -> None:
+        target = ref()
+        if target is None:  # cannot happen while a call on it waits: its frame holds it
+            raise SessionClosed("the session's old settings are gone")
+        target._sleep(seconds)
+
+    return sleep
 
 
 def _rate_text(rate: Rate) -> str:

@@ -230,3 +230,21 @@ def test_repr_shows_the_settings_and_no_secret(tmp_path: Path) -> None:
         "'unix:///run/redis.sock?db=***&password=***'"
     )
     assert _backend_text(object()) == "<builtins.object>"
+
+
+def test_assigned_limits_on_a_shared_backend(server: ScriptedServer, tmp_path: Path) -> None:
+    url = server.url_for("/x")
+    with syncfetch.Session("1/second", max_wait=0, backend=f"sqlite:///{tmp_path / 'l.db'}") as s:
+        s.get(url)
+        old = s._pipeline.limiter
+        assert isinstance(old, SQLiteLimiter)
+        with pytest.raises(syncfetch.RateLimitExceeded):
+            s.get(url)
+        s.limits = "3/second"
+        assert s._pipeline.limiter is not old
+        # The window lives in the file: the call already sent still counts.
+        s.get(url)
+        s.get(url)
+        with pytest.raises(syncfetch.RateLimitExceeded):
+            s.get(url)
+        assert old._conn is None  # closed once no call used the old settings
