@@ -324,6 +324,8 @@ class Session(requests.Session):
         if not self._workers_given:
             values["max_workers"] = values["max_concurrency"]
         self.__dict__.update(values)
+        # Set by the first send: per_host, backend and the pools are fixed from then on.
+        self._sent = False
         # mount() swaps self.adapters whole, so get_adapter never sees a half-built dict.
         self._mount_lock = threading.Lock()
         # Serializes assignments of the settings above (see __setattr__).
@@ -349,7 +351,7 @@ class Session(requests.Session):
             super().__setattr__(name, value)
             return
         with self._config_lock:
-            if name in _FIXED_SETTINGS and self._pipeline.stats.snapshot().attempts:
+            if name in _FIXED_SETTINGS and self._sent:
                 raise AttributeError(
                     f"{name} cannot change once the session has sent requests (it decides "
                     "the bucket keys, the backend or the pools its calls share): create a new "
@@ -626,6 +628,8 @@ class Session(requests.Session):
         :returns: the response; ``elapsed`` is the last attempt's time on the wire.
         """
         kwargs.setdefault("timeout", self.timeout)
+        if not self._sent:
+            self._sent = True
         call = CURRENT_CALL.get()
         if call is not None and call.owner is self:
             resp = super().send(request, **kwargs)  # a redirect hop of the current call
@@ -683,6 +687,7 @@ class Session(requests.Session):
         self._mount_lock = threading.Lock()
         self._config_lock = threading.Lock()
         self._workers_given = self.max_workers != self.max_concurrency
+        self._sent = False
         self._build_pipeline()
         _SESSIONS.add(self)
 

@@ -248,3 +248,20 @@ def test_assigned_limits_on_a_shared_backend(server: ScriptedServer, tmp_path: P
         with pytest.raises(syncfetch.RateLimitExceeded):
             s.get(url)
         assert old._conn is None  # closed once no call used the old settings
+
+
+def test_fixed_settings_are_refused_while_the_first_call_is_in_flight(
+    server: ScriptedServer,
+) -> None:
+    server.script("/slow", Step(delay=1.0))
+    with syncfetch.Session() as s:
+        t = threading.Thread(target=s.get, args=(server.url_for("/slow"),))
+        t.start()
+        try:
+            deadline = time.monotonic() + 5
+            while server.in_flight == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            with pytest.raises(AttributeError, match="per_host"):
+                s.per_host = False
+        finally:
+            t.join(5)
