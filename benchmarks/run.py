@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 import adaptive
+import budget
 import compliance
 import executor
 import memory
@@ -27,6 +28,7 @@ BENCHMARKS: dict[str, Callable[[Options], Table]] = {
     "executor": executor.run,
     "memory": memory.run,
     "adaptive": adaptive.run,
+    "budget": budget.run,
 }
 
 

@@ -236,6 +236,24 @@ class KeyedLimiter:
                 del self._paused[key]
         self._next_sweep = now + _SWEEP_EVERY
 
+    def set_rates(self, rates: list[Rate], *, margin: float = 0.0) -> None:
+        """Enforce ``rates`` from now on, keeping the tokens already in every window.
+
+        The same token objects move to the new buckets, so calls in flight still settle
+        theirs, and threads waiting for a token meet the new rates on their next look.
+        """
+        margin_ms = int(margin * 1000)
+        new = [Rate(r.limit, r.interval + margin_ms) for r in rates]
+        with self._lock:
+            self.rates = new
+            self._settle_cap_ms = min(100, new[0].interval // 10) if new else 0
+            for key, bucket in list(self._buckets.items()):
+                if new:
+                    fresh = self._buckets[key] = InMemoryBucket(new)
+                    fresh.items = bucket.items
+                else:
+                    del self._buckets[key]
+
     def bucket_count(self) -> int:
         """Number of keys with a live bucket (for tests and stats)."""
         with self._lock:

@@ -264,8 +264,6 @@ class Pipeline:
         waits: Iterator[float] | None = None  # made on the first retry: most calls need none
         attempt = 0
         last: Response | RequestException | None = None
-        if self.budget is not None:
-            self.budget.record_request(key)
         while True:
             attempt += 1
             if attempt > 1 and request._body_position is not None:
@@ -394,11 +392,14 @@ class Pipeline:
                 )
             if self._retryable(resp):
                 consume_quietly(resp)
-            elif stream:
-                # Released from several places (consumed, closed, collected): a lease
-                # makes the release happen once.
-                _hold_until_closed(resp, Lease(slot))
-                handed_over = True
+            else:
+                if self.budget is not None:
+                    self.budget.record_success(key)  # an answer refunds the retry budget
+                if stream:
+                    # Released from several places (consumed, closed, collected): a lease
+                    # makes the release happen once.
+                    _hold_until_closed(resp, Lease(slot))
+                    handed_over = True
             self.stats.status(status, **counts)
             return resp
         except Exception as exc:

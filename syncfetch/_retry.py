@@ -7,7 +7,7 @@ import email.utils
 import math
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import backoff
@@ -37,7 +37,7 @@ class RetryPolicy:
     :param backoff_base: cap of the first backoff wait, in seconds; it doubles per retry.
     :param backoff_max: cap of any backoff wait, in seconds.
     :param jitter: use full jitter (a uniform wait between 0 and the cap), as AWS recommends.
-    :param statuses: response statuses that are retried.
+    :param statuses: response statuses that are retried (any collection; kept as a frozenset).
     :param methods: methods retried on any retryable failure. Others (POST, PATCH) are
         retried only when the request carries an ``Idempotency-Key`` header, when
         ``retry_non_idempotent`` is set, or when the connection was never made.
@@ -48,16 +48,16 @@ class RetryPolicy:
     :param retry_after_max: longest wait a server may ask for (``Retry-After``, a spent
         quota); a longer one ends the call at once with that response, or raises
         :class:`RateLimitExceeded` before sending.
-    :param budget: retries allowed across the session's threads, per bucket key, as a
-        share of recent calls (:class:`RetryBudget`); ``None`` for no budget.
+    :param budget: retry tokens per bucket key, shared by the session's threads: a retry
+        spends one, a success refunds one (:class:`RetryBudget`); ``None`` for no budget.
     """
 
     retries: int = 3
     backoff_base: float = 0.5
     backoff_max: float = 20.0
     jitter: bool = True
-    statuses: frozenset[int] = RETRY_STATUSES
-    methods: frozenset[str] = IDEMPOTENT_METHODS
+    statuses: Collection[int] = RETRY_STATUSES
+    methods: Collection[str] = IDEMPOTENT_METHODS
     retry_non_idempotent: bool = False
     deadline: float | None = None
     respect_retry_after: bool = True

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import threading
 import time
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import requests
 from pyrate_limiter import Rate
@@ -20,14 +21,19 @@ from requests import PreparedRequest, Request, Response
 from requests.adapters import BaseAdapter, HTTPAdapter
 
 from ._adaptive import Adaptive, AdaptiveLimiter
-from ._backends import make_limiter
+from ._backends import BACKEND_FORMS, ON_BACKEND_ERROR, make_limiter
+from ._exceptions import SessionClosed
 from ._executor import BoundedExecutor
+from ._limiter import KeyedLimiter, Limiter
 from ._pipeline import CURRENT_CALL, Call, Pipeline
 from ._rates import LimitsArg, normalize_limits
 from ._result import Result
 from ._retry import RetryPolicy
 from ._slots import Slots
 from ._stats import Stats, StatsRecorder
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 
 class _Unset:
@@ -56,19 +62,152 @@ DEFAULT_TIMEOUT = (3.05, 30.0)
 DEFAULT_MARGIN = 0.002
 
 
+#: Seconds, a ``(connect, read)`` pair (either may be None), or None for no timeout.
+TimeoutArg: TypeAlias = "float | tuple[float | None, float | None] | None"
+#: ``"memory"``, ``"sqlite:///path"``, ``"redis://..."``, or a ``redis.Redis`` client.
+BackendArg: TypeAlias = "str | Redis"
+
+
+def _is_seconds(value: Any) -> bool:
+    """A finite number of seconds (bools are not numbers here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _check_timeout(timeout: Any) -> Any:
     if timeout is None:
         return None
     values = timeout if isinstance(timeout, tuple) else (timeout,)
     if len(values) not in (1, 2) or any(
-        v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0)
-        for v in values
+        v is not None and (not _is_seconds(v) or v <= 0) for v in values
     ):
         raise ValueError(
-            "timeout must be None, seconds > 0, or a (connect, read) tuple of them, "
+            "timeout must be None, finite seconds > 0, or a (connect, read) tuple of them, "
             f"not {timeout!r}"
         )
     return timeout
+
+
+def _check_limits(limits: Any) -> list[Rate]:
+    if limits is not None and not isinstance(limits, (str, Rate, Iterable)):
+        raise TypeError(
+            'limits must be None, a rate such as "10/second", a pyrate_limiter.Rate or a list '
+            f"of them, not {limits!r}"
+        )
+    return normalize_limits(limits)
+
+
+def _check_flag(name: str) -> Callable[[Any], bool]:
+    def check(value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, not {value!r}")
+        return value
+
+    return check
+
+
+def _check_max_concurrency(value: Any) -> int:
+    if not _is_count(value) or value < 1:
+        raise ValueError(f"max_concurrency must be a whole number >= 1, not {value!r}")
+    return int(value)
+
+
+def _check_max_wait(value: Any) -> float | None:
+    if value is not None and (not _is_seconds(value) or value < 0):
+        raise ValueError(
+            f"max_wait must be None (wait as long as needed) or finite seconds >= 0, not {value!r}"
+        )
+    return None if value is None else float(value)
+
+
+def _check_max_workers(value: Any) -> int | None:
+    if value is not None and (not _is_count(value) or value < 1):
+        raise ValueError(f"max_workers must be None or a whole number >= 1, not {value!r}")
+    return None if value is None else int(value)
+
+
+BACKEND_PREFIXES = ("sqlite:///", "redis://", "rediss://", "unix://")
+
+
+def _check_backend(backend: Any) -> Any:
+    """Catch what can be caught without connecting: an unknown form, an SQLite file that
+    cannot be created."""
+    if not (
+        backend is None
+        or backend == "memory"
+        or (isinstance(backend, str) and backend.startswith(BACKEND_PREFIXES))
+        or type(backend).__module__.startswith("redis")
+    ):
+        raise ValueError(f"unknown backend {backend!r}: expected {BACKEND_FORMS}")
+    if isinstance(backend, str) and backend.startswith("sqlite:///"):
+        path = backend[len("sqlite:///") :]
+        folder = os.path.dirname(os.path.abspath(path))
+        if not path or path == ":memory:" or os.path.isdir(path):
+            raise ValueError(f"backend {backend!r} must name a database file")
+        if not os.path.isdir(folder):
+            raise ValueError(
+                f"backend {backend!r}: the directory {folder!r} does not exist (it is not "
+                "created for you; four slashes start an absolute path)"
+            )
+        if not os.access(path if os.path.exists(path) else folder, os.R_OK | os.W_OK):
+            raise ValueError(f"backend {backend!r}: {path!r} is not writable by this process")
+    return backend
+
+
+def _check_on_backend_error(value: Any) -> str:
+    if value not in ON_BACKEND_ERROR:
+        raise ValueError(f"on_backend_error must be one of {ON_BACKEND_ERROR}, not {value!r}")
+    return str(value)
+
+
+def _check_adaptive(value: Any) -> Adaptive | None:
+    if value is True:
+        return Adaptive()
+    if value is None or value is False:
+        return None
+    if not isinstance(value, Adaptive):
+        raise ValueError(f"adaptive must be None, a bool or syncfetch.Adaptive, not {value!r}")
+    return value
+
+
+#: One check per Session argument, shared by ``__init__`` and attribute assignment:
+#: each returns the value to store or raises ValueError/TypeError naming the value.
+_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "limits": _check_limits,
+    "per_host": _check_flag("per_host"),
+    "max_concurrency": _check_max_concurrency,
+    "retry": RetryPolicy.coerce,
+    "timeout": _check_timeout,
+    "max_wait": _check_max_wait,
+    "max_workers": _check_max_workers,
+    "backend": _check_backend,
+    "on_backend_error": _check_on_backend_error,
+    "rate_limit_headers": _check_flag("rate_limit_headers"),
+    "adaptive": _check_adaptive,
+}
+
+
+def check_arguments(kwargs: Mapping[str, Any]) -> None:
+    """Check :class:`Session` keyword arguments as the constructor would, building nothing.
+
+    :raises ValueError: naming an unknown argument or a bad value.
+    :raises TypeError: for a value of the wrong type, naming it.
+    """
+    for name, value in kwargs.items():
+        check = _CHECKS.get(name)
+        if check is None:
+            raise ValueError(f"syncfetch.Session has no argument {name!r}")
+        check(value)
+
+
+# Assigning retry, max_wait, rate_limit_headers or adaptive replaces only the pipeline
+# (the limiter's windows and pauses, the slots, the pool and the stats carry over), and
+# timeout nothing at all: safe while other threads send.
+# Settings that change the limiter: in memory it is changed in place (its windows and
+# pauses stay); a shared backend's new limiter finds them in the backend.
+_LIMITER_SETTINGS = frozenset({"limits", "on_backend_error"})
+# Settings that define what the session is built on (the bucket keys, the backend, the
+# connection pools, the thread pool): assignable only before the first call.
+_FIXED_SETTINGS = frozenset({"per_host", "backend", "max_concurrency", "max_workers"})
 
 
 class _GatedAdapter(BaseAdapter):
@@ -115,7 +254,13 @@ class Session(requests.Session):
         ``X-RateLimit-*`` headers report its quota spent, until the reset they give.
     :param adaptive: ``True`` or an :class:`Adaptive` to let each key's rate follow the
         server's throttling (the limits become a ceiling); ``None``/``False`` for off.
-    :raises ValueError: for an invalid argument, naming it.
+    :raises ValueError: for an invalid argument, naming it (also a ``sqlite:///`` path
+        whose directory does not exist).
+    :raises TypeError: for an argument of the wrong type, naming it.
+
+    Each argument is also an attribute. Assigning one is checked the same way and takes
+    effect at once, while other threads send, except ``per_host``, ``backend``,
+    ``max_concurrency`` and ``max_workers``, which can change only before the first call.
     """
 
     __attrs__ = [  # noqa: RUF012 - requests declares it as a plain list
@@ -133,6 +278,19 @@ class Session(requests.Session):
         "adaptive",
     ]
 
+    # The settings, as checked and stored (assigning one goes through __setattr__).
+    limits: list[Rate]
+    per_host: bool
+    max_concurrency: int
+    retry: RetryPolicy
+    timeout: TimeoutArg
+    max_wait: float | None
+    max_workers: int
+    backend: BackendArg
+    on_backend_error: str
+    rate_limit_headers: bool
+    adaptive: Adaptive | None
+
     def __init__(
         self,
         limits: LimitsArg = None,
@@ -140,85 +298,196 @@ class Session(requests.Session):
         per_host: bool = True,
         max_concurrency: int = 10,
         retry: RetryPolicy | int | None = RetryPolicy(),  # noqa: B008 - immutable value
-        timeout: Any = DEFAULT_TIMEOUT,
+        timeout: TimeoutArg = DEFAULT_TIMEOUT,
         max_wait: float | None = None,
         max_workers: int | None = None,
-        backend: Any = "memory",
-        on_backend_error: str = "raise",
+        backend: BackendArg = "memory",
+        on_backend_error: Literal["raise", "fallback"] = "raise",
         rate_limit_headers: bool = True,
         adaptive: Adaptive | bool | None = None,
     ) -> None:
-        if (
-            isinstance(max_concurrency, bool)
-            or not isinstance(max_concurrency, int)
-            or max_concurrency < 1
-        ):
-            raise ValueError(
-                f"max_concurrency must be a whole number >= 1, not {max_concurrency!r}"
-            )
-        if max_wait is not None and (
-            isinstance(max_wait, bool) or not isinstance(max_wait, (int, float)) or max_wait < 0
-        ):
-            raise ValueError(f"max_wait must be None or seconds >= 0, not {max_wait!r}")
-        if max_workers is not None and (not _is_count(max_workers) or max_workers < 1):
-            raise ValueError(
-                f"max_workers must be None or a whole number >= 1, not {max_workers!r}"
-            )
-        rates = normalize_limits(limits)
-        policy = RetryPolicy.coerce(retry)
-        self.timeout = _check_timeout(timeout)
-        self.limits = rates
-        self.per_host = bool(per_host)
-        self.max_concurrency = max_concurrency
-        self.retry = policy
-        self.max_wait = max_wait
-        self.max_workers = max_concurrency if max_workers is None else max_workers
-        self.backend = backend
-        self.on_backend_error = on_backend_error
-        self.rate_limit_headers = bool(rate_limit_headers)
-        if adaptive is True:
-            adaptive = Adaptive()
-        if adaptive is not None and adaptive is not False and not isinstance(adaptive, Adaptive):
-            raise ValueError(
-                f"adaptive must be None, a bool or syncfetch.Adaptive, not {adaptive!r}"
-            )
-        self.adaptive = adaptive or None
+        given = {
+            "limits": limits,
+            "per_host": per_host,
+            "max_concurrency": max_concurrency,
+            "retry": retry,
+            "timeout": timeout,
+            "max_wait": max_wait,
+            "max_workers": max_workers,
+            "backend": backend,
+            "on_backend_error": on_backend_error,
+            "rate_limit_headers": rate_limit_headers,
+            "adaptive": adaptive,
+        }
+        values = {name: _CHECKS[name](value) for name, value in given.items()}
+        self._workers_given = values["max_workers"] is not None
+        if not self._workers_given:
+            values["max_workers"] = values["max_concurrency"]
+        self.__dict__.update(values)
+        # Set by the first send: per_host, backend and the pools are fixed from then on.
+        self._sent = False
         # mount() swaps self.adapters whole, so get_adapter never sees a half-built dict.
         self._mount_lock = threading.Lock()
+        # Serializes assignments of the settings above (see __setattr__).
+        self._config_lock = threading.Lock()
         super().__init__()
         for prefix in ("https://", "http://"):
             self.mount(prefix, self._default_adapter())
         self._build_pipeline()
         _SESSIONS.add(self)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Assigning a setting checks it as the constructor does, then applies it.
+
+        ``timeout``, ``max_wait``, ``retry``, ``rate_limit_headers``, ``adaptive``,
+        ``limits`` and ``on_backend_error`` take effect at once, also while other threads
+        send (calls in flight finish under the old settings). ``per_host``, ``backend``,
+        ``max_concurrency`` and ``max_workers`` can be assigned only before the first
+        call. Every other attribute behaves as in requests.
+        """
+        check = _CHECKS.get(name)
+        if check is None or "_pipeline" not in self.__dict__:
+            # requests' own attributes, or the settings while __init__/__setstate__ run.
+            super().__setattr__(name, value)
+            return
+        with self._config_lock:
+            if name in _FIXED_SETTINGS and self._sent:
+                raise AttributeError(
+                    f"{name} cannot change once the session has sent requests (it decides "
+                    "the bucket keys, the backend or the pools its calls share): create a new "
+                    f"syncfetch.Session({name}=...) instead"
+                )
+            checked = check(value)
+            if name == "max_workers":
+                self._workers_given = checked is not None
+                if checked is None:
+                    checked = self.max_concurrency
+            old = self.__dict__[name]
+            self.__dict__[name] = checked
+            try:
+                if name == "max_concurrency" and not self._workers_given:
+                    self.__dict__["max_workers"] = checked
+                if name != "timeout":  # read by every call: nothing to rebuild
+                    self._rebuild(name)
+            except BaseException:
+                self.__dict__[name] = old
+                raise
+
+    def __delattr__(self, name: str) -> None:
+        if name in _CHECKS:
+            raise AttributeError(f"{name} is a setting of the session: assign a value instead")
+        super().__delattr__(name)
+
+    def __repr__(self) -> str:
+        parts = [
+            f"limits={[_rate_text(r) for r in self.limits]!r}",
+            f"per_host={self.per_host!r}",
+            f"max_concurrency={self.max_concurrency!r}",
+            f"retry={self.retry!r}",
+            f"timeout={self.timeout!r}",
+            f"max_wait={self.max_wait!r}",
+            f"max_workers={self.max_workers!r}",
+            f"backend={_backend_text(self.backend)}",
+        ]
+        if self.on_backend_error != "raise":
+            parts.append(f"on_backend_error={self.on_backend_error!r}")
+        if not self.rate_limit_headers:
+            parts.append("rate_limit_headers=False")
+        if self.adaptive is not None:
+            parts.append(f"adaptive={self.adaptive!r}")
+        return f"<syncfetch.Session {' '.join(parts)}>"
+
     def _default_adapter(self) -> HTTPAdapter:
         # pool_block stays False: the slots already cap connections per pool, and a
         # blocking pool would wait for ever (requests passes no pool timeout).
         return HTTPAdapter(pool_maxsize=self.max_concurrency, max_retries=0)
 
+    def _make_limiter(self) -> Limiter:
+        return make_limiter(
+            self.backend,
+            self.limits,
+            margin=DEFAULT_MARGIN,
+            on_backend_error=self.on_backend_error,
+        )
+
+    def _make_pipeline(
+        self, limiter: Limiter, slots: Slots, stats: StatsRecorder, adaptive: AdaptiveLimiter | None
+    ) -> Pipeline:
+        return Pipeline(
+            policy=self.retry,
+            limiter=limiter,
+            slots=slots,
+            per_host=self.per_host,
+            max_wait=self.max_wait,
+            stats=stats,
+            rate_limit_headers=self.rate_limit_headers,
+            adaptive=adaptive,
+        )
+
+    def _make_adaptive(self) -> AdaptiveLimiter | None:
+        if self.adaptive is None:
+            return None
+        return AdaptiveLimiter(self.adaptive, ceiling=_ceiling(self.limits))
+
     def _build_pipeline(self) -> None:
         self._gated: dict[int, tuple[BaseAdapter, _GatedAdapter]] = {}
         # Twice the workers: enough queued work that no worker idles between calls.
         self._executor = BoundedExecutor(self.max_workers, max_pending=2 * self.max_workers)
-        self._pipeline = Pipeline(
-            policy=self.retry,
-            limiter=make_limiter(
-                self.backend,
-                self.limits,
-                margin=DEFAULT_MARGIN,
-                on_backend_error=self.on_backend_error,
-            ),
-            slots=Slots(self.max_concurrency),
-            per_host=self.per_host,
-            max_wait=self.max_wait,
-            stats=StatsRecorder(),
-            rate_limit_headers=self.rate_limit_headers,
-            adaptive=(
-                AdaptiveLimiter(self.adaptive, ceiling=_ceiling(self.limits))
-                if self.adaptive is not None
-                else None
-            ),
+        self._pipeline = self._make_pipeline(
+            self._make_limiter(),
+            Slots(self.max_concurrency),
+            StatsRecorder(),
+            self._make_adaptive(),
         )
+
+    def _rebuild(self, changed: str) -> None:
+        """Apply an assigned setting (under ``_config_lock``): a new pipeline is swapped in.
+
+        Calls in flight keep the pipeline they started on; the closing event is shared,
+        so close() still ends their waits. Whatever the setting does not concern (limiter,
+        slots, stats, budget, adaptive state) is carried over.
+        """
+        old = self._pipeline
+        if changed in _FIXED_SETTINGS:  # nothing sent yet: build afresh, keep the stats
+            new_limiter = self._make_limiter()
+            old.limiter.close()
+            self._executor.shutdown()
+            self._executor = BoundedExecutor(self.max_workers, max_pending=2 * self.max_workers)
+            if changed == "max_concurrency":
+                for adapter in self.adapters.values():
+                    if isinstance(adapter, HTTPAdapter) and adapter._pool_maxsize == old.slots.size:
+                        adapter.init_poolmanager(
+                            adapter._pool_connections, self.max_concurrency, adapter._pool_block
+                        )
+                        adapter._pool_maxsize = self.max_concurrency
+            new = self._make_pipeline(
+                new_limiter, Slots(self.max_concurrency), old.stats, self._make_adaptive()
+            )
+        else:
+            limiter = old.limiter
+            if isinstance(limiter, KeyedLimiter):
+                # In memory: changed in place, so no token is taken outside the new
+                # rates, even by calls that started on the old pipeline.
+                if changed == "limits":
+                    limiter.set_rates(self.limits, margin=DEFAULT_MARGIN)
+            elif changed in _LIMITER_SETTINGS:
+                # A shared backend keeps the windows and pauses: a new limiter reads them.
+                limiter = self._make_limiter()
+            adaptive = old.adaptive
+            if changed in ("adaptive", "limits"):
+                adaptive = self._make_adaptive()
+            new = self._make_pipeline(limiter, old.slots, old.stats, adaptive)
+            if new.budget is not None and old.policy.budget == new.policy.budget:
+                new.budget = old.budget
+            if limiter is not old.limiter:
+                # Calls in flight still wait on and settle tokens with the old limiter:
+                # close it once the last of them drops the old pipeline. Its sleep must
+                # not keep that pipeline alive (a cycle would delay the close to a GC).
+                old.limiter.sleep = _weak_sleep(old)
+                weakref.finalize(old, old.limiter.close)
+        new.closing = old.closing
+        self._gated = {}
+        self._pipeline = new
 
     def submit(self, method: str, url: str, **kwargs: Any) -> Future[Response]:
         """Run ``self.request(method, url, **kwargs)`` on the session's thread pool.
@@ -361,6 +630,8 @@ class Session(requests.Session):
         :returns: the response; ``elapsed`` is the last attempt's time on the wire.
         """
         kwargs.setdefault("timeout", self.timeout)
+        if not self._sent:
+            self._sent = True
         call = CURRENT_CALL.get()
         if call is not None and call.owner is self:
             resp = super().send(request, **kwargs)  # a redirect hop of the current call
@@ -416,12 +687,16 @@ class Session(requests.Session):
     def __setstate__(self, state: Mapping[str, Any]) -> None:
         super().__setstate__(dict(state))
         self._mount_lock = threading.Lock()
+        self._config_lock = threading.Lock()
+        self._workers_given = self.max_workers != self.max_concurrency
+        self._sent = False
         self._build_pipeline()
         _SESSIONS.add(self)
 
     def _after_fork(self) -> None:
         """In a forked child: new locks, and connection pools not shared with the parent."""
         self._mount_lock = threading.Lock()
+        self._config_lock = threading.Lock()
         self._executor.after_fork()
         # A parent thread may have held the cookie jar's lock at fork time.
         self.cookies._cookies_lock = threading.RLock()  # type: ignore[attr-defined]
@@ -436,6 +711,41 @@ class Session(requests.Session):
                     block=adapter._pool_block,
                 )
                 adapter.proxy_manager = {}
+
+
+def _weak_sleep(pipeline: Pipeline) -> Callable[[float], None]:
+    """``pipeline``'s closable sleep, holding it weakly."""
+    ref = weakref.ref(pipeline)
+
+    def sleep(seconds: float) -> None:
+        target = ref()
+        if target is None:  # cannot happen while a call on it waits: its frame holds it
+            raise SessionClosed("the session's old settings are gone")
+        target._sleep(seconds)
+
+    return sleep
+
+
+def _rate_text(rate: Rate) -> str:
+    """``10/1s``, ``500/60s``: a rate as the limits argument could spell it."""
+    return f"{rate.limit}/{rate.interval / 1000:g}s"
+
+
+def _backend_text(backend: Any) -> str:
+    """The backend for a repr, with any password (user-info or query) masked."""
+    if not isinstance(backend, str):
+        return f"<{type(backend).__module__}.{type(backend).__qualname__}>"
+    scheme, sep, rest = backend.partition("://")
+    if not sep or scheme == "sqlite":
+        return repr(backend)
+    netloc, slash, path = rest.partition("/")
+    if "@" in netloc:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.partition(':')[0]}:***@{host}" if ":" in user else f"***@{host}"
+    path, qmark, query = path.partition("?")
+    if qmark:
+        query = "&".join(f"{part.partition('=')[0]}=***" for part in query.split("&"))
+    return repr(f"{scheme}://{netloc}{slash}{path}{qmark}{query}")
 
 
 def _merge(item: Request, kwargs: dict[str, Any]) -> dict[str, Any]:

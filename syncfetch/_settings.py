@@ -11,13 +11,16 @@ import difflib
 import inspect
 import logging
 import math
+import os
+import threading
+import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._exceptions import RateLimitExceeded
+from ._exceptions import BackendUnavailable, RateLimitExceeded
 from ._retry import RetryPolicy
-from ._session import Session
+from ._session import Session, check_arguments
 
 log = logging.getLogger("syncfetch")
 
@@ -84,6 +87,7 @@ def session_from_settings(
     :param source: where the mapping came from, for error messages.
     :returns: a new session.
     :raises ValueError: for unknown keys or invalid values, naming them.
+    :raises TypeError: for a value of the wrong type, naming it.
     """
     kwargs = session_kwargs(config, source=source)
     kwargs.update(session_kwargs(overrides, source="overrides"))
@@ -109,15 +113,36 @@ def _close_quietly(ref: weakref.ref[Session]) -> None:
         log.debug("syncfetch: error closing a session at exit", exc_info=True)
 
 
+def check_settings(config: Mapping[str, Any] | None, *, source: str = "settings") -> None:
+    """Check a settings mapping as :func:`session_from_settings` would, building nothing.
+
+    :raises ValueError: for unknown keys or invalid values, naming them.
+    :raises TypeError: for a mapping that is not one, or a value of the wrong type.
+    """
+    check_arguments(session_kwargs(config, source=source))
+
+
+#: Longest ``Retry-After`` sent to clients, in seconds (a day): an estimate beyond it
+#: tells a client nothing more, and a 31-digit header breaks some.
+MAX_RETRY_AFTER = 86_400
+
+
 def retry_after_seconds(exc: RateLimitExceeded) -> int:
-    """Whole seconds for a ``Retry-After`` header: the limiter's estimate rounded up.
+    """Whole seconds for a ``Retry-After`` header: the limiter's estimate rounded up,
+    between 1 and :data:`MAX_RETRY_AFTER`.
 
     ``retry_after`` is ``None`` when the wait was for a concurrency slot, which frees
     as soon as another call ends, so one second is as good a guess as any.
     """
-    if exc.retry_after is None:
+    return _clamp_seconds(exc.retry_after)
+
+
+def _clamp_seconds(value: float | None) -> int:
+    if value is None or not value > 1:  # None, NaN, and anything under a second
         return 1
-    return max(1, math.ceil(exc.retry_after))
+    if value >= MAX_RETRY_AFTER:
+        return MAX_RETRY_AFTER
+    return math.ceil(value)
 
 
 def error_body(seconds: int) -> dict[str, Any]:
@@ -131,3 +156,66 @@ def error_body(seconds: int) -> dict[str, Any]:
         "detail": "An upstream API is at its rate limit; try again later.",
         "retry_after": seconds,
     }
+
+
+def backend_error_body(seconds: int) -> dict[str, Any]:
+    """The JSON body of a 503 caused by :class:`BackendUnavailable` (no backend address)."""
+    return {
+        "error": "upstream_limiter_unavailable",
+        "detail": "The rate limiter for an upstream API is unavailable; try again later.",
+        "retry_after": seconds,
+    }
+
+
+class BackendOutages:
+    """Backend failures answered by this process's 503 handlers: one WARNING per outage.
+
+    An outage starts with a failure after ``quiet`` seconds without one. Its
+    ``Retry-After`` grows with it: a tenth of the outage so far, from 1 s up to
+    ``max_retry_after``, so clients come back at once after a blip and less often
+    during a long outage.
+    """
+
+    def __init__(
+        self,
+        *,
+        quiet: float = 10.0,
+        max_retry_after: int = 30,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.quiet = quiet
+        self.max_retry_after = max_retry_after
+        self._clock = clock
+        # _lock guards _start and _last.
+        self._lock = threading.Lock()
+        self._start = 0.0
+        self._last: float | None = None
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+
+    def record(self, exc: BackendUnavailable) -> int:
+        """Note a failure answered now, log it if it starts an outage; returns Retry-After."""
+        with self._lock:
+            now = self._clock()
+            new = self._last is None or now - self._last > self.quiet
+            if new:
+                self._start = now
+            self._last = now
+            age = now - self._start
+        if new:
+            log.warning(
+                "syncfetch: the shared rate-limit backend is unavailable; answering 503 with "
+                "Retry-After until it is back (logged once per outage): %s",
+                exc,
+            )
+        else:
+            log.debug("syncfetch: answering 503, backend still unavailable: %s", exc)
+        return min(self.max_retry_after, _clamp_seconds(age / 10))
+
+
+#: The process's outages, shared by the Flask and Django handlers.
+backend_outages = BackendOutages()
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=backend_outages.after_fork)

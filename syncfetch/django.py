@@ -3,6 +3,7 @@
 Settings::
 
     SYNCFETCH = {"limits": "10/second", "max_wait": 2.0}   # Session keyword arguments
+    INSTALLED_APPS = [..., "syncfetch.django"]   # manage.py check validates SYNCFETCH
     MIDDLEWARE = [..., "syncfetch.django.RateLimitExceededMiddleware"]
 
 In a view::
@@ -15,7 +16,8 @@ In a view::
 
 Every thread of the process shares the one session, so they share its limits. A
 view whose upstream call gives up waiting (``max_wait``) raises
-:class:`~syncfetch.RateLimitExceeded`, which the middleware turns into a 503 with
+:class:`~syncfetch.RateLimitExceeded`, and one whose shared backend is down raises
+:class:`~syncfetch.BackendUnavailable`: the middleware turns both into a 503 with
 ``Retry-After``.
 
 This module is never imported by ``syncfetch`` itself: Django stays optional.
@@ -30,6 +32,7 @@ from typing import Any
 
 # No django-stubs needed: without them Django's names are Any to mypy.
 from django.conf import settings  # type: ignore[import-untyped, import-not-found, unused-ignore]
+from django.core import checks  # type: ignore[import-untyped, import-not-found, unused-ignore]
 from django.core.signals import (  # type: ignore[import-untyped, import-not-found, unused-ignore]
     setting_changed,
 )
@@ -39,11 +42,27 @@ from django.http import (  # type: ignore[import-untyped, import-not-found, unus
     JsonResponse,
 )
 
-from ._exceptions import RateLimitExceeded
+from ._exceptions import BackendUnavailable, RateLimitExceeded
 from ._session import Session
-from ._settings import close_at_exit, error_body, log, retry_after_seconds, session_from_settings
+from ._settings import (
+    backend_error_body,
+    backend_outages,
+    check_settings,
+    close_at_exit,
+    error_body,
+    log,
+    retry_after_seconds,
+    session_from_settings,
+)
 
-__all__ = ["SETTING", "RateLimitExceededMiddleware", "get_session", "rate_limited_response"]
+__all__ = [
+    "SETTING",
+    "RateLimitExceededMiddleware",
+    "backend_unavailable_response",
+    "check_syncfetch_setting",
+    "get_session",
+    "rate_limited_response",
+]
 
 #: Name of the Django setting holding the :class:`~syncfetch.Session` keyword arguments.
 SETTING = "SYNCFETCH"
@@ -63,7 +82,9 @@ def get_session() -> Session:
 
     :returns: the session shared by every thread of this process.
     :raises ValueError: for unknown keys in ``settings.SYNCFETCH`` (all named) or
-        invalid values.
+        invalid values (``manage.py check`` reports them first, see
+        :func:`check_syncfetch_setting`).
+    :raises TypeError: for a value of the wrong type, naming it.
     """
     global _session
     session = _session  # one read: the fast path takes no lock
@@ -97,6 +118,33 @@ def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
 setting_changed.connect(_on_setting_changed, dispatch_uid="syncfetch.django.setting_changed")
 
 
+def check_syncfetch_setting(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """System check (``manage.py check``, and before ``runserver`` or ``migrate``):
+    ``settings.SYNCFETCH`` must be valid :class:`~syncfetch.Session` arguments.
+
+    Registered when this module is imported; list ``"syncfetch.django"`` in
+    ``INSTALLED_APPS`` so that it is imported before the checks run. Nothing is built
+    or connected: an unreachable Redis shows on the first request, not here.
+
+    :returns: one ``syncfetch.E001`` error naming the bad key or value, or nothing.
+    """
+    try:
+        check_settings(getattr(settings, SETTING, None), source=f"settings.{SETTING}")
+    except (TypeError, ValueError) as exc:
+        return [
+            checks.Error(
+                str(exc),
+                hint="SYNCFETCH holds syncfetch.Session keyword arguments.",
+                obj=f"settings.{SETTING}",
+                id="syncfetch.E001",
+            )
+        ]
+    return []
+
+
+checks.register(check_syncfetch_setting, "syncfetch")
+
+
 def _reset_lock_after_fork() -> None:
     # A thread of the parent may have held the lock at the fork; in the child that
     # thread does not exist, and the lock would never be released.
@@ -125,8 +173,24 @@ def rate_limited_response(exc: RateLimitExceeded) -> HttpResponse:
     return response
 
 
+def backend_unavailable_response(exc: BackendUnavailable) -> HttpResponse:
+    """503 with ``Retry-After`` and a small JSON body, for a :class:`BackendUnavailable`.
+
+    ``Retry-After`` grows with the outage (1 s at first, up to 30 s); the first
+    failure of an outage is logged as a WARNING, the others at DEBUG.
+
+    :param exc: the exception raised by the view.
+    :returns: the response.
+    """
+    seconds = backend_outages.record(exc)
+    response = JsonResponse(backend_error_body(seconds), status=503)
+    response["Retry-After"] = str(seconds)
+    return response
+
+
 class RateLimitExceededMiddleware:
-    """Turns :class:`~syncfetch.RateLimitExceeded` raised by a view into a 503.
+    """Turns :class:`~syncfetch.RateLimitExceeded` and :class:`~syncfetch.BackendUnavailable`
+    raised by a view into a 503.
 
     Add ``"syncfetch.django.RateLimitExceededMiddleware"`` to ``MIDDLEWARE``.
     Like every ``process_exception``, it sees exceptions from views only (not from
@@ -140,7 +204,10 @@ class RateLimitExceededMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
-        """Answer 503 for :class:`RateLimitExceeded`; ``None`` (not handled) for anything else."""
+        """Answer 503 for :class:`RateLimitExceeded` and :class:`BackendUnavailable`;
+        ``None`` (not handled) for anything else."""
         if isinstance(exception, RateLimitExceeded):
             return rate_limited_response(exception)
+        if isinstance(exception, BackendUnavailable):
+            return backend_unavailable_response(exception)
         return None

@@ -15,7 +15,8 @@ Usage::
 
 Every request thread of the process shares the one session, so they share its
 limits. A view whose upstream call gives up waiting (``max_wait``) raises
-:class:`~syncfetch.RateLimitExceeded`, which becomes a 503 with ``Retry-After``.
+:class:`~syncfetch.RateLimitExceeded`, and one whose shared backend is down raises
+:class:`~syncfetch.BackendUnavailable`; both become a 503 with ``Retry-After``.
 
 This module is never imported by ``syncfetch`` itself: Flask stays optional.
 """
@@ -26,11 +27,26 @@ from typing import Any
 
 from flask import Flask, Response, current_app, jsonify
 
-from ._exceptions import RateLimitExceeded
+from ._exceptions import BackendUnavailable, RateLimitExceeded
 from ._session import Session
-from ._settings import close_at_exit, error_body, log, retry_after_seconds, session_from_settings
+from ._settings import (
+    backend_error_body,
+    backend_outages,
+    close_at_exit,
+    error_body,
+    log,
+    retry_after_seconds,
+    session_from_settings,
+)
 
-__all__ = ["CONFIG_KEY", "EXTENSION_KEY", "get_session", "init_app", "rate_limited_response"]
+__all__ = [
+    "CONFIG_KEY",
+    "EXTENSION_KEY",
+    "backend_unavailable_response",
+    "get_session",
+    "init_app",
+    "rate_limited_response",
+]
 
 #: ``app.config`` key holding the :class:`~syncfetch.Session` keyword arguments.
 CONFIG_KEY = "SYNCFETCH"
@@ -39,7 +55,7 @@ EXTENSION_KEY = "syncfetch"
 
 
 def init_app(app: Flask, **overrides: Any) -> Session:
-    """Build the app's session from ``app.config["SYNCFETCH"]`` and install the 503 handler.
+    """Build the app's session from ``app.config["SYNCFETCH"]`` and install the 503 handlers.
 
     Call it once per app, at import or in the app factory. Under gunicorn
     ``--preload`` the session is built in the master and inherited by each forked
@@ -53,6 +69,7 @@ def init_app(app: Flask, **overrides: Any) -> Session:
     :param overrides: :class:`~syncfetch.Session` keyword arguments that win over the config.
     :returns: the session, also stored in ``app.extensions["syncfetch"]``.
     :raises ValueError: for unknown config keys (all named) or invalid values.
+    :raises TypeError: for a config value of the wrong type, naming it.
     :raises RuntimeError: when the app already has a session.
     """
     if EXTENSION_KEY in app.extensions:
@@ -63,6 +80,7 @@ def init_app(app: Flask, **overrides: Any) -> Session:
     )
     app.extensions[EXTENSION_KEY] = session
     app.register_error_handler(RateLimitExceeded, rate_limited_response)
+    app.register_error_handler(BackendUnavailable, backend_unavailable_response)
     close_at_exit(session)
     return session
 
@@ -99,6 +117,22 @@ def rate_limited_response(exc: RateLimitExceeded) -> Response:
     seconds = retry_after_seconds(exc)
     log.info("syncfetch: answering 503, Retry-After %d: %s", seconds, exc)
     response = jsonify(error_body(seconds))
+    response.status_code = 503
+    response.headers["Retry-After"] = str(seconds)
+    return response
+
+
+def backend_unavailable_response(exc: BackendUnavailable) -> Response:
+    """The handler :func:`init_app` registers for a shared backend that is down: 503.
+
+    ``Retry-After`` grows with the outage (1 s at first, up to 30 s); the first
+    failure of an outage is logged as a WARNING, the others at DEBUG.
+
+    :param exc: the exception raised by the view.
+    :returns: the response.
+    """
+    seconds = backend_outages.record(exc)
+    response = jsonify(backend_error_body(seconds))
     response.status_code = 503
     response.headers["Retry-After"] = str(seconds)
     return response

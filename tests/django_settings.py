@@ -12,8 +12,8 @@ import os
 SECRET_KEY = "syncfetch-tests-not-a-secret"
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
-# No apps, models or database: the integration needs none of them.
-INSTALLED_APPS: list[str] = []
+# No models or database: the integration needs none.
+INSTALLED_APPS = ["syncfetch.django"]  # registers the SYNCFETCH system check
 DATABASES: dict[str, dict[str, str]] = {}
 MIDDLEWARE = ["syncfetch.django.RateLimitExceededMiddleware"]
 ROOT_URLCONF = "tests._gunicorn"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import os
 import subprocess
 import sys
@@ -11,10 +14,15 @@ from typing import Any
 
 import django
 import pytest
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.http import HttpResponse
 from django.test import Client, RequestFactory
 
 import syncfetch
+import syncfetch._settings
 import syncfetch.django
+from syncfetch import BackendUnavailable, RateLimitExceeded
 from syncfetch.django import RateLimitExceededMiddleware, get_session
 from tests._gunicorn import (
     LIMITS_ENV,
@@ -217,3 +225,60 @@ def test_example_project_runs_with_one_command():
     assert proc.returncode == 0, proc.stderr
     assert "60 fetched, 0 failed" in proc.stdout, proc.stdout
     assert "upstream answered 429: 0 times" in proc.stderr, proc.stderr
+
+
+@pytest.fixture
+def outages(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A fresh outage record, so that each test sees the first failure of an outage."""
+    monkeypatch.setattr(syncfetch._settings.backend_outages, "_last", None)
+    return syncfetch._settings.backend_outages
+
+
+def test_backend_unavailable_becomes_503_logged_once_per_outage(
+    outages: Any, caplog: pytest.LogCaptureFixture
+):
+    middleware = RateLimitExceededMiddleware(lambda request: HttpResponse("ok"))
+    request = RequestFactory().get("/")
+    exc = BackendUnavailable("redis://cache:6379/0 is unreachable")
+    with caplog.at_level(logging.DEBUG, logger="syncfetch"):
+        replies = [middleware.process_exception(request, exc) for _ in range(5)]
+    assert [(r.status_code, r["Retry-After"]) for r in replies] == [(503, "1")] * 5
+    assert json.loads(replies[0].content)["error"] == "upstream_limiter_unavailable"
+    assert b"cache" not in replies[0].content  # the backend's address is not leaked
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "once per outage" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "header"), [(float("inf"), "86400"), (1e30, "86400"), (float("nan"), "1")]
+)
+def test_retry_after_is_clamped(retry_after: float, header: str):
+    resp = syncfetch.django.rate_limited_response(
+        RateLimitExceeded("no token", key="k", retry_after=retry_after)
+    )
+    assert (resp.status_code, resp["Retry-After"]) == (503, header)
+
+
+@pytest.mark.parametrize(
+    ("setting", "needle"),
+    [
+        ({"limts": "5/second"}, "did you mean 'limits'"),
+        ({"per_host": "no"}, "per_host must be True or False"),
+        ({"timeout": float("nan")}, "timeout"),
+        ({"backend": "sqlite:////no/such/dir/limits.db"}, "'/no/such/dir' does not exist"),
+        ({"retry": {"retries": -1}}, "retries"),
+        ("10/second", "must be a mapping"),
+    ],
+)
+def test_manage_py_check_reports_a_bad_setting(settings: Any, setting: Any, needle: str):
+    settings.SYNCFETCH = setting
+    with pytest.raises(SystemCheckError, match=r"syncfetch\.E001") as info:
+        call_command("check", stdout=io.StringIO(), stderr=io.StringIO())
+    assert needle in str(info.value)
+
+
+def test_manage_py_check_passes_a_good_setting(settings: Any):
+    settings.SYNCFETCH = {"limits": ["5/second"], "retry": {"retries": 2}, "timeout": [1, 5]}
+    out = io.StringIO()
+    call_command("check", stdout=out)
+    assert "no issues" in out.getvalue()

@@ -1,4 +1,4 @@
-"""Listening to the server: cooldowns, rate-limit headers, the retry budget."""
+"""Listening to the server: cooldowns and rate-limit headers (the retry budget: test_budget.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import syncfetch
-from syncfetch._budget import BudgetTracker
 from syncfetch._feedback import is_throttle, quota_wait, reset_delay, server_wait
 from tests._server import ScriptedServer, Step, http_date
 
@@ -160,40 +159,6 @@ def test_github_style_403_is_retried_after_the_reset(server: ScriptedServer) -> 
     assert len(t) == 2 and t[1] - t[0] >= 0.95
 
 
-def test_budget_caps_retries_during_an_outage(server: ScriptedServer) -> None:
-    server.script("/down", Step(status=503))
-    budget = syncfetch.RetryBudget(ratio=0.2, min_per_second=1, ttl=2)
-    policy = syncfetch.RetryPolicy(retries=3, budget=budget)
-    calls = 16 * 15
-    with syncfetch.Session(retry=policy, max_concurrency=16) as s, ThreadPoolExecutor(16) as pool:
-        start = time.monotonic()
-        list(pool.map(lambda _: s.get(server.url_for("/down")), range(calls)))
-        windows = (time.monotonic() - start) / 2 + 2  # 2 s windows the run touched
-        assert s.stats.budget_exhausted > 0
-        hits = server.count("/down")
-        # Without a budget: 4 x 240 = 960. With it: the calls, 20% more, and the reserve
-        # of 2 retries per 2 s window.
-        assert calls < hits <= calls * 1.2 + 2 * windows
-        time.sleep(2.1)  # the window forgets the outage
-        server.script("/back", Step(status=503), Step())
-        assert s.get(server.url_for("/back")).status_code == 200
-
-
-def test_budget_tracker_counts_per_key() -> None:
-    now = [100.0]
-    tracker = BudgetTracker(
-        syncfetch.RetryBudget(ratio=0.5, min_per_second=0, ttl=10), lambda: now[0]
-    )
-    for _ in range(4):
-        tracker.record_request("a")
-    assert [tracker.try_spend("a") for _ in range(3)] == [True, True, False]
-    assert tracker.try_spend("b") is False  # no traffic on b, no reserve
-    now[0] += 11
-    tracker.record_request("a")
-    tracker.record_request("a")
-    assert tracker.try_spend("a") is True
-
-
 def test_a_pause_beyond_retry_after_max_is_capped_then_the_server_is_probed(
     server: ScriptedServer,
 ) -> None:
@@ -215,21 +180,3 @@ def test_a_pause_longer_than_max_wait_fails_other_calls_fast(server: ScriptedSer
             s.get(server.url_for("/q"))
     assert 50 < (info.value.retry_after or 0) <= 60  # capped at retry_after_max (60)
     assert server.count("/q") == 1
-
-
-def test_budget_remembers_threads_that_ended() -> None:
-    import threading
-
-    tracker = BudgetTracker(syncfetch.RetryBudget(ratio=0.2, min_per_second=0.1, ttl=10))
-    allowed = []
-
-    def one_request() -> None:
-        tracker.record_request("k")
-        allowed.append(tracker.try_spend("k"))
-
-    for _ in range(50):  # a server that starts a thread per request
-        t = threading.Thread(target=one_request)
-        t.start()
-        t.join()
-    # 20% of 50 calls plus a reserve of 1: about 11, as on a single thread.
-    assert sum(allowed) <= 12

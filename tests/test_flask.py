@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -12,8 +13,10 @@ import pytest
 from flask import Flask
 
 import syncfetch
+import syncfetch._settings
 import syncfetch.flask
-from syncfetch import RateLimitExceeded
+from syncfetch import BackendUnavailable, RateLimitExceeded
+from syncfetch._settings import BackendOutages
 from tests._gunicorn import (
     BACKEND_ENV,
     LIMITS_ENV,
@@ -289,3 +292,54 @@ def test_example_runs_with_one_command():
     assert proc.returncode == 0, proc.stderr
     assert "upstream answered 429: 0 times" in proc.stdout, proc.stdout
     assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_backend_unavailable_becomes_503_logged_once_per_outage(
+    make_app: Callable[..., Flask],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+):
+    monkeypatch.setattr(syncfetch._settings.backend_outages, "_last", None)
+    app = make_app()
+
+    @app.get("/call")
+    def call() -> str:
+        raise BackendUnavailable("redis://:pw@cache:6379/0 is unreachable")
+
+    client = app.test_client()
+    with caplog.at_level(logging.DEBUG, logger="syncfetch"):
+        replies = [client.get("/call") for _ in range(4)]
+    assert [(r.status_code, r.headers["Retry-After"]) for r in replies] == [(503, "1")] * 4
+    assert replies[0].get_json()["error"] == "upstream_limiter_unavailable"
+    assert "cache" not in replies[0].get_data(as_text=True)
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+
+
+@pytest.mark.parametrize(("retry_after", "header"), [(float("inf"), "86400"), (1e30, "86400")])
+def test_huge_retry_after_is_clamped(
+    make_app: Callable[..., Flask], retry_after: float, header: str
+):
+    app = make_app()
+
+    @app.get("/call")
+    def call() -> str:
+        raise RateLimitExceeded("paused", key="k", retry_after=retry_after)
+
+    resp = app.test_client().get("/call")
+    assert (resp.status_code, resp.headers["Retry-After"]) == (503, header)
+
+
+def test_backend_outage_retry_after_grows_and_a_new_outage_logs_again(
+    caplog: pytest.LogCaptureFixture,
+):
+    now = [0.0]
+    outages = BackendOutages(quiet=60, max_retry_after=30, clock=lambda: now[0])
+    exc = BackendUnavailable("down")
+    seen = []
+    with caplog.at_level(logging.WARNING, logger="syncfetch"):
+        for t in (0, 5, 14, 25, 34, 90, 140, 190, 240, 290, 340, 500, 505):
+            now[0] = t
+            seen.append(outages.record(exc))
+    # A tenth of the outage so far, from 1 to 30 s; 500 s came after a quiet gap > 60 s.
+    assert seen == [1, 1, 2, 3, 4, 9, 14, 19, 24, 29, 30, 1, 1]
+    assert len(caplog.records) == 2  # the outages starting at 0 and at 500

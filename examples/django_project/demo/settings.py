@@ -7,7 +7,8 @@ import os
 SECRET_KEY = "demo-only-not-a-secret"
 DEBUG = True
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
-INSTALLED_APPS = ["demo"]  # for its management command, fetch_batch
+# syncfetch.django: manage.py check validates SYNCFETCH; demo: its command, fetch_batch
+INSTALLED_APPS = ["syncfetch.django", "demo"]
 MIDDLEWARE = ["syncfetch.django.RateLimitExceededMiddleware"]
 ROOT_URLCONF = "demo.urls"
 WSGI_APPLICATION = "demo.wsgi.application"
