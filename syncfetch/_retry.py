@@ -72,13 +72,9 @@ class RetryPolicy:
         if self.deadline is not None:
             _check_seconds("deadline", self.deadline, allow_zero=False, none="None or ")
         budget = self.budget
-        if budget is not None:
-            if not isinstance(budget, RetryBudget):
-                raise ValueError(f"budget must be a RetryBudget or None, not {budget!r}")
-            for name in ("ratio", "min_per_second", "ttl"):
-                value = getattr(budget, name)
-                if not math.isfinite(value):
-                    raise ValueError(f"RetryBudget.{name} must be a finite number, not {value!r}")
+        if budget is not None and not isinstance(budget, RetryBudget):
+            # A RetryBudget checks its own fields.
+            raise ValueError(f"budget must be a RetryBudget or None, not {budget!r}")
         object.__setattr__(self, "statuses", _statuses(self.statuses))
         object.__setattr__(self, "methods", _methods(self.methods))
 
