@@ -23,6 +23,7 @@ import contextlib
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -35,6 +36,7 @@ __all__ = [
     "RedisCluster",
     "RedisSentinel",
     "RedisServer",
+    "TLSFiles",
     "require_redis",
     "valkey_server",
 ]
@@ -73,6 +75,80 @@ def valkey_server() -> str:
     return str(get_binary_path())
 
 
+class TLSFiles:
+    """A throwaway CA and a server certificate for 127.0.0.1, made with ``openssl``."""
+
+    def __init__(self) -> None:
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            _missing("needs openssl (apt-get install -y openssl)")
+        assert openssl is not None
+        self.dir = tempfile.mkdtemp(prefix="syncfetch-tls-")
+        self.ca, self.cert, self.key = (
+            os.path.join(self.dir, n) for n in ("ca.crt", "server.crt", "server.key")
+        )
+        ca_key, csr, ext = (os.path.join(self.dir, n) for n in ("ca.key", "s.csr", "ext"))
+        with open(ext, "w") as f:
+            f.write("subjectAltName=IP:127.0.0.1\n")
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        for cmd in (
+            [
+                "req",
+                "-x509",
+                *ec,
+                "-keyout",
+                ca_key,
+                "-out",
+                self.ca,
+                "-days",
+                "2",
+                "-subj",
+                "/CN=syncfetch test CA",
+            ],
+            ["req", *ec, "-keyout", self.key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+            [
+                "x509",
+                "-req",
+                "-in",
+                csr,
+                "-CA",
+                self.ca,
+                "-CAkey",
+                ca_key,
+                "-CAcreateserial",
+                "-out",
+                self.cert,
+                "-days",
+                "2",
+                "-extfile",
+                ext,
+            ],
+        ):
+            subprocess.run([openssl, *cmd], check=True, capture_output=True, timeout=30)
+
+    def server_args(self) -> tuple[str, ...]:
+        return (
+            "--tls-cert-file",
+            self.cert,
+            "--tls-key-file",
+            self.key,
+            "--tls-ca-cert-file",
+            self.ca,
+            "--tls-auth-clients",
+            "no",
+        )
+
+    def cli_args(self) -> list[str]:
+        return ["--tls", "--cacert", self.ca]
+
+    def wrap(self, sock: socket.socket) -> ssl.SSLSocket:
+        context = ssl.create_default_context(cafile=self.ca)
+        return context.wrap_socket(sock, server_hostname="127.0.0.1")
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -83,11 +159,19 @@ class RedisServer:
     """One ``redis-server`` process bound to 127.0.0.1, with nothing saved to disk."""
 
     def __init__(
-        self, port: int | None = None, *, binary: str | None = None, args: tuple[str, ...] = ()
+        self,
+        port: int | None = None,
+        *,
+        binary: str | None = None,
+        args: tuple[str, ...] = (),
+        tls: TLSFiles | None = None,
     ) -> None:
         self.binary = binary or require_redis()
         self.port = port or _free_port()
         self.args = args  # more options, e.g. ("--cluster-enabled", "yes")
+        self.tls = tls  # TLS only, on self.port
+        if tls is not None:
+            self.args = ("--port", "0", "--tls-port", str(self.port), *tls.server_args(), *args)
         self._dir = tempfile.mkdtemp(prefix="syncfetch-redis-")
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -127,10 +211,11 @@ class RedisServer:
                 raise RuntimeError(f"redis-server exited with {self._proc.returncode}")
             with (
                 contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock,
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as raw,
+                self.tls.wrap(raw) if self.tls else raw as sock,
             ):
                 sock.sendall(b"PING\r\n")
-                if sock.recv(64).startswith(b"+PONG"):
+                if sock.recv(64).startswith((b"+PONG", b"-NOAUTH")):
                     return self
             if time.monotonic() > end:
                 self.stop()
@@ -194,12 +279,28 @@ class RedisCluster:
     """``masters`` x (1 + ``replicas``) cluster nodes on loopback, joined into one
     cluster. A node that stops answering is failed over after ``node_timeout_ms``."""
 
-    def __init__(self, masters: int = 3, replicas: int = 0, node_timeout_ms: int = 1000) -> None:
+    def __init__(
+        self,
+        masters: int = 3,
+        replicas: int = 0,
+        node_timeout_ms: int = 1000,
+        *,
+        tls: TLSFiles | None = None,
+        password: str = "",
+    ) -> None:
         self.cli = require_redis("redis-cli")
         self.replicas = replicas
+        self.tls = tls
+        self.password = password
+        self.cli_args = (tls.cli_args() if tls else []) + (["-a", password] if password else [])
+        auth = ("--requirepass", password, "--masterauth", password) if password else ()
+        tls_args = ("--tls-cluster", "yes", "--tls-replication", "yes") if tls else ()
         self.nodes = [
             RedisServer(
+                tls=tls,
                 args=(
+                    *auth,
+                    *tls_args,
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
@@ -210,20 +311,23 @@ class RedisCluster:
                     "127.0.0.1",
                     "--cluster-port",
                     str(_free_port()),
-                )
+                ),
             )
             for _ in range(masters * (1 + replicas))
         ]
 
     @property
     def url(self) -> str:
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[:3])
+        scheme = "rediss+cluster://" if self.tls else "redis+cluster://"
+        auth = f":{self.password}@" if self.password else ""
+        query = f"?ssl_ca_certs={self.tls.ca}" if self.tls else ""
+        return scheme + auth + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[:3]) + query
 
     def start(self) -> RedisCluster:
         for node in self.nodes:
             node.start()
         subprocess.run(
-            [self.cli, "--cluster", "create"]
+            [self.cli, *self.cli_args, "--cluster", "create"]
             + [f"127.0.0.1:{n.port}" for n in self.nodes]
             + ["--cluster-replicas", str(self.replicas), "--cluster-yes"],
             check=True,
@@ -235,7 +339,9 @@ class RedisCluster:
 
     def info(self, node: RedisServer, *command: str) -> str:
         out = subprocess.run(
-            [self.cli, "-p", str(node.port), *command], capture_output=True, timeout=10
+            [self.cli, *self.cli_args, "--no-auth-warning", "-p", str(node.port), *command],
+            capture_output=True,
+            timeout=10,
         )
         return out.stdout.decode(errors="replace")
 

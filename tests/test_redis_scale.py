@@ -261,3 +261,41 @@ def test_valkey_four_processes_share_one_limit_and_survive_a_restart(
             for _ in range(5):
                 s.get(server.url)
         assert server.count(status=429) == 0
+
+
+# -- TLS and passwords -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_cluster_over_tls_with_a_password_never_shown(server: ScriptedServer) -> None:
+    from tests._redis import TLSFiles
+
+    tls = TLSFiles()
+    try:
+        with RedisCluster(masters=3, tls=tls, password="pw-Secret1") as cluster:
+            url = cluster.url
+            assert url.startswith("rediss+cluster://:pw-Secret1@")
+            server.limit([(3, 1.0)])
+            with syncfetch.Session("3/s", backend=url) as s:
+                assert "pw-Secret1" not in repr(s._pipeline.limiter)
+                for _ in range(5):
+                    assert s.get(server.url).status_code == 200
+            assert server.count(status=429) == 0
+            assert server.max_in_window(1.0) <= 3
+            # A wrong password: BackendUnavailable, and neither password in the message.
+            wrong = url.replace("pw-Secret1", "pw-Wrong2")
+            with (
+                syncfetch.Session("3/s", backend=wrong) as s,
+                pytest.raises(BackendUnavailable) as info,
+            ):
+                s.get(server.url)
+            assert "pw-" not in str(info.value)
+            # Without TLS the nodes do not answer.
+            plain = url.replace("rediss+", "redis+").partition("?")[0]
+            with (
+                syncfetch.Session("3/s", backend=plain) as s,
+                pytest.raises(BackendUnavailable),
+            ):
+                s.get(server.url)
+    finally:
+        tls.close()
