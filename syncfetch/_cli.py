@@ -11,6 +11,13 @@ from ._batch import done_indices, run_fetch
 from ._demo import add_demo_arguments, demo_main
 from ._retry import RetryPolicy
 from ._session import Session
+from ._shard import (  # scale (issue 16): --shard, merge
+    add_merge_arguments,
+    add_shard_arguments,
+    merge_main,
+    shard_input,
+    shard_total,
+)
 
 
 def _header(text: str) -> tuple[str, str]:
@@ -60,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--no-body", action="store_true", help="do not store response bodies")
     fetch.add_argument("--progress", action="store_true", default=None, help="progress on stderr")
     fetch.add_argument("--quiet", dest="progress", action="store_false", help="no progress")
+    add_shard_arguments(fetch)  # scale (issue 16)
+    add_merge_arguments(sub.add_parser("merge", help="put the parts of a sharded crawl together"))
     demo = sub.add_parser("demo", help="syncfetch vs common recipes on a strict local API")
     add_demo_arguments(demo)
     return parser
@@ -80,6 +89,7 @@ def fetch_main(args: argparse.Namespace) -> int:
             max_concurrency=args.concurrency,
             retry=RetryPolicy(retries=args.retries),
             timeout=args.timeout,
+            backend=args.backend,  # scale (issue 16)
         )
     except ValueError as exc:
         print(f"syncfetch: error: {exc}", file=sys.stderr)
@@ -89,8 +99,10 @@ def fetch_main(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"syncfetch: error: cannot read {args.input}: {exc.strerror}", file=sys.stderr)
         return 2
+    source = shard_input(source, args.shard)  # scale (issue 16)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     total = None if args.input == "-" or not progress else _count_lines(args.input)
+    total = shard_total(total, args.shard)  # scale (issue 16)
     skip = done_indices(args.output) if args.resume else set()
     tally = None
     try:
@@ -136,4 +148,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fetch_main(args)
     if args.command == "demo":
         return demo_main(args)
+    if args.command == "merge":  # scale (issue 16)
+        return merge_main(args)
     return 2  # pragma: no cover - argparse rejects unknown commands

@@ -183,6 +183,29 @@ def shard_arg(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def add_shard_arguments(fetch: Any) -> None:
+    """``--shard K/N`` (and ``--backend``, unless the fetch parser has it already)."""
+    fetch.add_argument(
+        "--shard",
+        type=shard_arg,
+        metavar="K/N",
+        help="fetch only every N-th item, from the K-th (K counts from 0)",
+    )
+    if "--backend" not in fetch._option_string_actions:
+        fetch.add_argument(
+            "--backend",
+            help="share the limit: sqlite:///path, redis://..., redis+cluster://..., "
+            "redis+sentinel://... (what Session(backend=) takes)",
+        )
+
+
+def shard_input(source: IO[str], shard: tuple[int, int] | None) -> IO[str]:
+    """``source``, or only shard ``(k, n)`` of it."""
+    if shard is None:
+        return source
+    return ShardedInput(source, *shard)  # type: ignore[return-value]
+
+
 def shard_total(total: int | None, shard: tuple[int, int] | None) -> int | None:
     """How many of ``total`` items shard ``(k, n)`` has."""
     if total is None or shard is None:
