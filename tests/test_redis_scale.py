@@ -337,7 +337,19 @@ def _measure(rounds: int) -> None:
                 print(describe(name, run_clients(srv, url)), flush=True)
 
 
+def _cost() -> None:
+    """acquire + settle on the cluster: ``python -m tests.test_redis_scale cost``."""
+    from tests.test_backends import measure_cost
+
+    with RedisCluster(masters=3) as cluster:
+        print(f"cluster: {measure_cost(cluster.url, 1, 1, 2000)}")
+        print(f"cluster: {measure_cost(cluster.url, 4, 8, 250)}")
+
+
 if __name__ == "__main__":
     import sys
 
-    _measure(int(sys.argv[1]) if len(sys.argv) > 1 else 3)
+    if sys.argv[1:] == ["cost"]:
+        _cost()
+    else:
+        _measure(int(sys.argv[1]) if len(sys.argv) > 1 else 3)
