@@ -20,6 +20,7 @@ from ._batch_output import Previous, bad_record, reason, record
 from ._progress import ProgressLine, RecentRate, Ticker, duration
 from ._result import Result
 from ._session import Session
+from ._shard import take_shard
 
 
 class BatchSession(Session):
@@ -151,9 +152,11 @@ def run_fetch(
     redact_query: bool,
     tally: Tally,
     progress: ProgressLine,
+    shard: tuple[int, int] | None = None,
 ) -> Tally:
     """Fetch every item of ``source`` with no record yet, writing one line per item to ``out``.
 
+    :param shard: ``(k, n)`` to fetch only every n-th item from the k-th (``--shard``).
     :raises Interrupted: on SIGINT/SIGTERM, after the line being written is complete.
     """
     skip = tally.previous.indices
@@ -172,7 +175,7 @@ def run_fetch(
 
     def items() -> Iterator[str | Request]:
         position = 0
-        for number, text in read_items(source):
+        for number, text in take_shard(read_items(source), shard):
             if number in skip:
                 continue
             try:

@@ -25,8 +25,8 @@ backend errors come straight through; and it reads each client's own clock. Here
   forgotten ones would have left their windows (see ``_ACQUIRE``).
 
 Needs Redis >= 5 (scripts replicated by effects, so ``TIME`` may precede writes);
-tested with 7.0. Not supported: Redis Cluster (the epoch and quarantine keys are
-global, so a script's keys can span hash slots).
+tested with 7.0. Redis Cluster: ``_redis_cluster.RedisClusterLimiter`` (hash tags);
+Sentinel: a ``redis+sentinel://`` URL (``_redis_urls``).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from redis.retry import Retry
 
 from ._limiter import Token
 from ._redact import safe_url
+from ._redis_urls import PREFIXES, close_client, describe_client, make_client
 from ._shared_limiter import TICKET_GRACE_MS, SharedLimiter, raise_if_late
 
 # KEYS: 1 the bucket's sorted set, 2 its pause, 3 its horizon, 4 the epoch, 5 the
@@ -197,6 +198,12 @@ class RedisLimiter(SharedLimiter):
         prefix: str = "syncfetch",
         fair: bool = True,
     ) -> None:
+        # scale (issue 16): cluster and sentinel URLs build their own client.
+        built = url_or_client if isinstance(url_or_client, str) else ""
+        if built.startswith(PREFIXES):
+            url_or_client = make_client(built)
+        else:
+            built = ""
         if isinstance(url_or_client, str):
             # Fail fast while Redis is down: redis-py's default is 10 retries with
             # backoff, seconds per call. One retry is kept: after a Redis restart the
@@ -211,10 +218,8 @@ class RedisLimiter(SharedLimiter):
             self._owns_client = True
         else:
             client = url_or_client
-            kwargs = client.connection_pool.connection_kwargs
-            where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
-            name = f"redis {where}/{kwargs.get('db', 0)}"
-            self._owns_client = False
+            name = safe_url(built) if built else describe_client(client)  # scale (issue 16)
+            self._owns_client = bool(built)
         super().__init__(
             rates,
             margin=margin,
@@ -228,9 +233,10 @@ class RedisLimiter(SharedLimiter):
         self._acquire_script = client.register_script(_ACQUIRE)
         self._pause_script = client.register_script(_PAUSE)
         self._rate_args = [n for r in self.rates for n in (r.limit, r.interval)]
-        # The epoch of the data set this process last saw (see _ACQUIRE). A str is
-        # replaced whole, so threads need no lock to read or write it.
-        self._epoch = ""
+        # The epoch of the data set this process last saw (see _ACQUIRE), per scope (one
+        # here, one per hash-tag group on a cluster). A str is replaced whole and a dict
+        # item set in one step, so threads need no lock to read or write them.
+        self._epochs: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"RedisLimiter({self.name!r}, {[str(r) for r in self.rates]})"
@@ -241,14 +247,21 @@ class RedisLimiter(SharedLimiter):
         digest = hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
         return f"{self.prefix}:{_UNSAFE.sub('_', key)[:64]}:{digest}"
 
+    def _scope(self, zkey: str) -> str:
+        """Prefix of the epoch and quarantine keys guarding bucket ``zkey``: one pair per
+        server here, one per hash-tag group on a cluster (every key a script touches must
+        be in one hash slot there)."""
+        return self.prefix
+
     def _take(self, key: str, deadline: float | None, start: float) -> Token:
         zkey = self.key_for(key)
+        scope = self._scope(zkey)
         keys = [
             zkey,
             zkey + ":pause",
             zkey + ":h",
-            self.prefix + ":epoch",
-            self.prefix + ":quarantine",
+            scope + ":epoch",
+            scope + ":quarantine",
             zkey + ":q",
             zkey + ":qexp",
             zkey + ":qseq",
@@ -274,14 +287,14 @@ class RedisLimiter(SharedLimiter):
                         self._horizon_ms,
                         self._settle_cap_ms,
                         os.urandom(8).hex(),
-                        self._epoch,
+                        self._epochs.get(scope, ""),
                         waiter,
                         budget,
                         *self._rate_args,
                     ],
                 )
                 taken, wait, now, epoch = int(reply[0]), int(reply[1]), int(reply[2]), reply[3]
-                self._epoch = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
+                self._epochs[scope] = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
                 if taken:
                     return Token(key, _Member(zkey, member, now, sent), time.monotonic() - start)
                 queued = bool(waiter)
@@ -308,9 +321,10 @@ class RedisLimiter(SharedLimiter):
         self._pause_script([self.key_for(key) + ":pause"], [ms])
 
     def _paused_for(self, key: str) -> float:
+        zkey = self.key_for(key)
         pipe = self.client.pipeline(transaction=False)
-        pipe.pttl(self.key_for(key) + ":pause")
-        pipe.pttl(self.prefix + ":quarantine")
+        pipe.pttl(zkey + ":pause")
+        pipe.pttl(self._scope(zkey) + ":quarantine")
         return max(0, *(int(ms) for ms in pipe.execute())) / 1000
 
     def _reset_after_fork(self) -> None:
@@ -320,4 +334,4 @@ class RedisLimiter(SharedLimiter):
 
     def _close(self) -> None:
         if self._owns_client:
-            self.client.close()
+            close_client(self.client)  # scale (issue 16): a sentinel client's sentinels too
