@@ -3,6 +3,8 @@ per-process fallback limiter, and the fork hooks that keep their connections saf
 
 from __future__ import annotations
 
+import collections
+import contextvars
 import dataclasses
 import logging
 import math
@@ -24,6 +26,19 @@ T = TypeVar("T")
 
 # While a shared backend is down, "fallback" limiters probe it at most this often.
 RETRY_BACKEND_EVERY = 1.0
+
+#: While a caller waits on the backend (acquire, paused_for): the ``time.monotonic()``
+#: by which it must be answered (``math.inf``: no bound). ``None`` outside such a wait
+#: (settle, pause, clean-up), where the backend's own timeouts apply. The backends read
+#: it to bound their lock waits, busy retries and socket timeouts.
+BACKEND_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "syncfetch_backend_deadline", default=None
+)
+
+
+class OutOfTime(Exception):
+    """A backend wait (a lock, a busy file) outlasted the caller's deadline: the caller
+    gets ``RateLimitExceeded``; the backend is not counted as failed."""
 
 
 # Every shared limiter of this process, for the fork hooks at the end of this module
@@ -75,13 +90,23 @@ class SharedLimiter:
         # No rate counts an entry older than the longest window.
         self._horizon_ms = max((r.interval for r in self.rates), default=0)
         self._errors = errors
+        # The fallback also counts every token the backend grants (KeyedLimiter.record),
+        # so a switch to it mid-window does not start from an empty window. Its windows
+        # are longer by the settle cap: a backend token is recorded when taken, but the
+        # backend may re-date it up to the cap later.
         self._fallback = (
-            KeyedLimiter(rates, margin=margin) if on_backend_error == "fallback" else None
+            KeyedLimiter(rates, margin=margin + self._settle_cap_ms / 1000)
+            if on_backend_error == "fallback"
+            else None
         )
-        # _state_lock guards _down and _probe_at (the outage bookkeeping).
+        # _state_lock guards _down, _probe_at and _outage (the outage bookkeeping).
         self._state_lock = threading.Lock()
         self._down = False
         self._probe_at = 0.0
+        # Tokens taken from the fallback, (key, time.monotonic()), within the longest
+        # window: written to the backend when it is back, before any token is taken
+        # from it, so the switch back does not spend the window twice.
+        self._outage: collections.deque[tuple[str, float]] = collections.deque()
         self.sleep: Callable[[float], None] = time.sleep
         _LIVE.add(self)
 
@@ -103,21 +128,33 @@ class SharedLimiter:
         start = time.monotonic()
         if self._fallback is not None and self._skip_backend(start):
             return self._fallback_acquire(key, deadline, start)
+        bound = BACKEND_DEADLINE.set(math.inf if deadline is None else deadline)
         try:
+            if self._outage:
+                self._replay_outage()
             token = self._take(key, deadline, start)
         except RequestException:
             # RateLimitExceeded (max_wait) and SessionClosed are answers, not backend
             # failures; requests' exceptions are OSErrors, so catch them first.
             raise
+        except OutOfTime as exc:
+            raise RateLimitExceeded(
+                f"rate-limit backend {self.name} stayed busy past max_wait", key=key
+            ) from exc
         except self._errors as exc:
+            self.sleep(0)  # closed meanwhile (close() cut the connection): SessionClosed
             self._mark_down(exc)
             if self._fallback is None:
                 raise BackendUnavailable(
                     f"rate-limit backend {self.name} is unavailable: {exc}"
                 ) from exc
             return self._fallback_acquire(key, deadline, start)
+        finally:
+            BACKEND_DEADLINE.reset(bound)
         if self._down:
             self._mark_up()
+        if self._fallback is not None:
+            self._fallback.record(key)
         return token
 
     def settle(self, token: Token) -> None:
@@ -151,20 +188,33 @@ class SharedLimiter:
         except self._errors as exc:
             self._mark_down(exc)
 
-    def paused_for(self, key: str) -> float:
+    def paused_for(self, key: str, deadline: float | None = None) -> float:
         """Seconds left of a pause on ``key`` set by any process (0 when there is none).
 
         A backend failure is not raised here: the ``acquire`` that follows raises it
         (or falls back); meanwhile the fallback limiter's pause, if any, answers.
+
+        :param deadline: ``time.monotonic()`` by which the backend must answer.
+        :raises RateLimitExceeded: when the backend stays busy past ``deadline``.
         """
         local = self._fallback.paused_for(key) if self._fallback is not None else 0.0
         if self._fallback is not None and self._down and time.monotonic() < self._probe_at:
             return local
+        bound = BACKEND_DEADLINE.set(math.inf if deadline is None else deadline)
         try:
             return max(local, self._paused_for(key))
+        except RequestException:
+            raise
+        except OutOfTime as exc:
+            raise RateLimitExceeded(
+                f"rate-limit backend {self.name} stayed busy past max_wait", key=key
+            ) from exc
         except self._errors as exc:
+            self.sleep(0)  # closed meanwhile: SessionClosed
             self._mark_down(exc)
             return local
+        finally:
+            BACKEND_DEADLINE.reset(bound)
 
     def after_fork(self) -> None:
         """In a forked child: new locks, and no connection inherited from the parent."""
@@ -222,7 +272,41 @@ class SharedLimiter:
     def _fallback_acquire(self, key: str, deadline: float | None, start: float) -> Token:
         assert self._fallback is not None
         token = self._fallback.acquire(key, deadline)
-        return Token(key, _FallbackHandle(token), time.monotonic() - start)
+        now = time.monotonic()
+        with self._state_lock:
+            outage = self._outage
+            outage.append((key, now))
+            while outage and (now - outage[0][1]) * 1000 >= self._horizon_ms:
+                outage.popleft()
+        return Token(key, _FallbackHandle(token), now - start)
+
+    def _replay_outage(self) -> None:
+        """Write the tokens taken from the fallback within the longest window into the
+        backend (dated as late as settle could have dated them), so that everyone counts
+        them. On failure they are kept for the next try."""
+        with self._state_lock:
+            taken, self._outage = self._outage, collections.deque()
+        now = time.monotonic()
+        ages = [
+            (key, max(0, math.floor((now - at) * 1000) - self._settle_cap_ms))
+            for key, at in taken
+            if (now - at) * 1000 < self._horizon_ms
+        ]
+        try:
+            if ages:
+                self._replay(ages)
+        except BaseException:
+            with self._state_lock:
+                taken.extend(self._outage)
+                self._outage = taken
+            raise
+        if ages:
+            log.info(
+                "syncfetch: counted %d tokens taken while %s was unavailable in it",
+                len(ages),
+                self.name,
+                extra={"syncfetch_backend": self.name},
+            )
 
     def backend_down(self) -> bool:
         """Whether the last use of the backend failed (for tests and stats)."""
@@ -240,6 +324,10 @@ class SharedLimiter:
         raise NotImplementedError
 
     def _paused_for(self, key: str) -> float:
+        raise NotImplementedError
+
+    def _replay(self, ages: list[tuple[str, int]]) -> None:
+        """Add one token per ``(key, age in ms)``, dated that long before the backend's now."""
         raise NotImplementedError
 
     def _reset_after_fork(self) -> None:

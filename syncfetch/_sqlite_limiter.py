@@ -31,9 +31,16 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from pyrate_limiter import Rate
+from requests.exceptions import RequestException
 
 from ._limiter import Token
-from ._shared_limiter import TICKET_GRACE_MS, SharedLimiter, raise_if_late
+from ._shared_limiter import (
+    BACKEND_DEADLINE,
+    TICKET_GRACE_MS,
+    OutOfTime,
+    SharedLimiter,
+    raise_if_late,
+)
 
 log = logging.getLogger("syncfetch")
 T = TypeVar("T")
@@ -87,6 +94,13 @@ COMMIT;
 _BUSY_FIRST_SLEEP = 0.0001
 _BUSY_MAX_SLEEP = 0.002
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+# A waiter for this process's connection lock re-checks its deadline and close() this often.
+_LOCK_SLICE = 0.05
+# Seconds a clean-up (leaving the queue) may wait for the lock or a busy file.
+_CLEANUP_WAIT = 0.1
+# How often a process checks that its database file is still the one at ``path`` (one
+# os.stat): deleted or replaced, the file would split the processes into two budgets.
+_FILE_CHECK_EVERY = 0.1
 # Free pages are returned to the file system once there are this many and they are
 # over a quarter of the file (a burst of many hosts); fewer are simply reused.
 _VACUUM_MIN_FREE_PAGES = 128
@@ -117,6 +131,15 @@ def _wall_ms() -> int:
     look newer (longer waits, never an excess); a step forward expires them early.
     """
     return math.ceil(time.time() * 1000)
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    """The identity of the file at ``path`` (``None``: there is none)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,6 +214,10 @@ class SQLiteLimiter(SharedLimiter):
         self._conn: sqlite3.Connection | None = None
         self._pid = os.getpid()
         self._next_sweep = time.monotonic()
+        # (st_dev, st_ino) of the file _conn opened, and when to look at path again;
+        # guarded by _lock like _conn.
+        self._file_id: tuple[int, int] | None = None
+        self._check_file_at = 0.0
 
     def __repr__(self) -> str:
         return f"SQLiteLimiter({self.path!r}, {[str(r) for r in self.rates]})"
@@ -201,23 +228,95 @@ class SQLiteLimiter(SharedLimiter):
         """This process's connection, opened on first use. Caller holds ``_lock``."""
         if self._pid != os.getpid():  # forked without after_fork (not through Session)
             self._abandon()
+        if self._conn is not None and time.monotonic() >= self._check_file_at:
+            self._check_file()
         if self._conn is None:
             self._conn = self._open()
+            self._file_id = _file_id(self.path)
+            self._check_file_at = time.monotonic() + _FILE_CHECK_EVERY
         return self._conn
+
+    def _check_file(self) -> None:
+        """Reopen ``path`` if the file was deleted or replaced since this process opened
+        it, carrying the rows still in a window over (other processes now use the new
+        file: without this, each side would have its own budget). Caller holds ``_lock``."""
+        self._check_file_at = time.monotonic() + _FILE_CHECK_EVERY
+        now_id = _file_id(self.path)
+        if now_id == self._file_id:
+            return
+        old = self._conn
+        assert old is not None
+        rows: list[tuple[str, int, int]] = []
+        with contextlib.suppress(sqlite3.Error):
+            rows = old.execute(
+                "SELECT key, ts, exp FROM syncfetch_log WHERE exp > ?", (_wall_ms(),)
+            ).fetchall()
+        log.warning(
+            "syncfetch: %s was %s while in use; reopening it, with the %d tokens still in a window",
+            self.name,
+            "deleted" if now_id is None else "replaced",
+            len(rows),
+            extra={"syncfetch_backend": self.name},
+        )
+        self._drop()
+        conn = self._conn = self._open()
+        self._file_id = _file_id(self.path)
+        if rows:
+            self._retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
+            try:
+                conn.executemany("INSERT INTO syncfetch_log (key, ts, exp) VALUES (?, ?, ?)", rows)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def _retry_busy(self, fn: Callable[[], T]) -> T:
         """Run ``fn``, again while another process holds the lock, for up to
-        ``busy_timeout`` seconds (then the busy error escapes: backend unavailable)."""
+        ``busy_timeout`` seconds (then the busy error escapes: backend unavailable).
+
+        Within a caller's wait (:data:`BACKEND_DEADLINE` set) the retries also stop at
+        the caller's deadline (:class:`OutOfTime`) and at ``close()`` (``self.sleep``
+        raises ``SessionClosed``).
+        """
+        bound = BACKEND_DEADLINE.get()
         give_up = time.monotonic() + self.busy_timeout
         sleep = _BUSY_FIRST_SLEEP
         while True:
             try:
                 return fn()
             except sqlite3.Error as exc:
-                if not _is_busy(exc) or time.monotonic() + sleep > give_up:
+                if not _is_busy(exc):
                     raise
-            time.sleep(sleep)
+                now = time.monotonic()
+                if bound is not None and bound < give_up and now + sleep > bound:
+                    raise OutOfTime(
+                        f"{self.name} stayed locked past the caller's deadline"
+                    ) from exc
+                if now + sleep > give_up:
+                    raise
+            if bound is None:
+                time.sleep(sleep)
+            else:
+                self.sleep(sleep)
             sleep = min(sleep * 2, _BUSY_MAX_SLEEP)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold ``_lock``; within a caller's wait, give up at its deadline (:class:`OutOfTime`)
+        or at ``close()``, instead of queueing behind another thread's busy retries."""
+        bound = BACKEND_DEADLINE.get()
+        if bound is None:
+            with self._lock:
+                yield
+            return
+        while not self._lock.acquire(timeout=max(0.0, min(_LOCK_SLICE, bound - time.monotonic()))):
+            self.sleep(0)  # SessionClosed after close()
+            if time.monotonic() >= bound:
+                raise OutOfTime(f"{self.name} stayed busy past the caller's deadline")
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     def _open(self) -> sqlite3.Connection:
         return self._retry_busy(self._open_once)
@@ -273,8 +372,9 @@ class SQLiteLimiter(SharedLimiter):
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
-        except (sqlite3.Error, OSError):
-            self._drop()
+        except (sqlite3.Error, OSError) as exc:
+            if not isinstance(exc, RequestException):  # SessionClosed: nothing wrong with it
+                self._drop()
             raise
 
     # -- SharedLimiter -------------------------------------------------------------------
@@ -283,7 +383,7 @@ class SQLiteLimiter(SharedLimiter):
         ticket: int | None = None
         try:
             while True:
-                with self._lock:
+                with self._locked():
                     step = self._step(key, ticket, deadline)
                     ticket = step.ticket
                     if step.row is not None:
@@ -376,14 +476,15 @@ class SQLiteLimiter(SharedLimiter):
 
     def _read(self, sql: str, args: tuple[object, ...] = ()) -> tuple[int, ...] | None:
         """One row of a query outside any transaction (WAL readers see the last commit)."""
-        with self._lock:
+        with self._locked():
             try:
                 conn = self._connection()
                 row: tuple[int, ...] | None = self._retry_busy(
                     lambda: conn.execute(sql, args).fetchone()
                 )
-            except (sqlite3.Error, OSError):
-                self._drop()
+            except (sqlite3.Error, OSError) as exc:
+                if not isinstance(exc, RequestException):
+                    self._drop()
                 raise
         return row
 
@@ -391,12 +492,17 @@ class SQLiteLimiter(SharedLimiter):
         return max(0, self._pause_left_ms(key)) / 1000
 
     def _drop_ticket(self, ticket: int) -> None:
-        with (
-            self._lock,
-            contextlib.suppress(sqlite3.Error, OSError),
-            self._transaction() as conn,
-        ):
-            conn.execute("DELETE FROM syncfetch_queue WHERE ticket = ?", (ticket,))
+        # Best effort, briefly: an abandoned ticket expires by itself.
+        bound = BACKEND_DEADLINE.set(time.monotonic() + _CLEANUP_WAIT)
+        try:
+            with (
+                contextlib.suppress(sqlite3.Error, OSError, OutOfTime),
+                self._locked(),
+                self._transaction() as conn,
+            ):
+                conn.execute("DELETE FROM syncfetch_queue WHERE ticket = ?", (ticket,))
+        finally:
+            BACKEND_DEADLINE.reset(bound)
 
     def _settle(self, token: Token) -> None:
         row: _Row = token.handle
@@ -408,6 +514,14 @@ class SQLiteLimiter(SharedLimiter):
             conn.execute(
                 "UPDATE syncfetch_log SET ts = ?, exp = ? WHERE id = ? AND key = ? AND ts = ?",
                 (new, new + self._horizon_ms, row.rowid, token.key, row.ts),
+            )
+
+    def _replay(self, ages: list[tuple[str, int]]) -> None:
+        with self._locked(), self._transaction() as conn:
+            now = _wall_ms()
+            conn.executemany(
+                "INSERT INTO syncfetch_log (key, ts, exp) VALUES (?, ?, ?)",
+                [(key, now - age, now - age + self._horizon_ms) for key, age in ages],
             )
 
     def _pause(self, key: str, seconds: float) -> None:
@@ -426,7 +540,7 @@ class SQLiteLimiter(SharedLimiter):
         self._next_sweep = time.monotonic() + self.sweep_every
         try:
             self._sweep()
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, OutOfTime) as exc:
             log.debug("syncfetch: sweep of %s failed: %s", self.name, exc)
 
     def _sweep(self) -> None:
