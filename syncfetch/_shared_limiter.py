@@ -99,14 +99,21 @@ class SharedLimiter:
             if on_backend_error == "fallback"
             else None
         )
-        # _state_lock guards _down, _probe_at and _outage (the outage bookkeeping).
+        # _state_lock guards _down, _recovering, _probe_at and _outage (the outage
+        # bookkeeping).
         self._state_lock = threading.Lock()
         self._down = False
+        # Set while a thread writes _outage to the backend that seems back: meanwhile
+        # no fallback token is used (their callers go to the backend).
+        self._recovering = False
         self._probe_at = 0.0
         # Tokens taken from the fallback, (key, time.monotonic()), within the longest
         # window: written to the backend when it is back, before any token is taken
         # from it, so the switch back does not spend the window twice.
         self._outage: collections.deque[tuple[str, float]] = collections.deque()
+        # Held while _outage is written to the backend: a thread taking a token from the
+        # backend waits until the tokens taken before it are there.
+        self._recover_lock = threading.Lock()
         self.sleep: Callable[[float], None] = time.sleep
         _LIVE.add(self)
 
@@ -126,12 +133,31 @@ class SharedLimiter:
             # with KeyedLimiter, so no backend call at all.
             return Token(key, None, 0.0)
         start = time.monotonic()
-        if self._fallback is not None and self._skip_backend(start):
-            return self._fallback_acquire(key, deadline, start)
+        # A second round only when the backend came back while this call waited for a
+        # fallback token (that token then stays counted here, harmless): the backend,
+        # which now knows the outage's tokens, decides.
+        for last_round in (False, True):
+            if self._fallback is not None and self._skip_backend(time.monotonic()):
+                token = self._fallback_acquire(key, deadline, start, only_while_down=True)
+                if token is not None:
+                    return token
+            backend_token = self._backend_acquire(key, deadline, start, last_round)
+            if backend_token is not None:
+                return backend_token
+        raise AssertionError("unreachable: the last round always returns a token")
+
+    def _backend_acquire(
+        self, key: str, deadline: float | None, start: float, last_round: bool
+    ) -> Token | None:
+        """A token from the backend, or from the fallback if the backend fails.
+
+        :returns: ``None`` (not in the ``last_round``) when the backend failed, and came
+            back while this call waited for a fallback token.
+        """
         bound = BACKEND_DEADLINE.set(math.inf if deadline is None else deadline)
         try:
-            if self._outage:
-                self._replay_outage()
+            if self._fallback is not None and (self._down or self._outage):
+                self._recover()
             token = self._take(key, deadline, start)
         except RequestException:
             # RateLimitExceeded (max_wait) and SessionClosed are answers, not backend
@@ -148,7 +174,7 @@ class SharedLimiter:
                 raise BackendUnavailable(
                     f"rate-limit backend {self.name} is unavailable: {exc}"
                 ) from exc
-            return self._fallback_acquire(key, deadline, start)
+            return self._fallback_acquire(key, deadline, start, only_while_down=not last_round)
         finally:
             BACKEND_DEADLINE.reset(bound)
         if self._down:
@@ -219,6 +245,7 @@ class SharedLimiter:
     def after_fork(self) -> None:
         """In a forked child: new locks, and no connection inherited from the parent."""
         self._state_lock = threading.Lock()
+        self._recover_lock = threading.Lock()
         if self._fallback is not None:
             self._fallback.after_fork()
         self._reset_after_fork()
@@ -243,6 +270,7 @@ class SharedLimiter:
         with self._state_lock:
             first = not self._down
             self._down = True
+            self._recovering = False
             self._probe_at = time.monotonic() + RETRY_BACKEND_EVERY
         if first:
             then = (
@@ -262,6 +290,7 @@ class SharedLimiter:
     def _mark_up(self) -> None:
         with self._state_lock:
             was_down, self._down = self._down, False
+            self._recovering = False
         if was_down:
             log.info(
                 "syncfetch: rate-limit backend %s is back",
@@ -269,44 +298,74 @@ class SharedLimiter:
                 extra={"syncfetch_backend": self.name},
             )
 
-    def _fallback_acquire(self, key: str, deadline: float | None, start: float) -> Token:
+    def _fallback_acquire(
+        self, key: str, deadline: float | None, start: float, *, only_while_down: bool
+    ) -> Token | None:
+        """A token from the fallback, noted for the backend's return.
+
+        :returns: ``None`` if ``only_while_down`` and the backend came back meanwhile.
+        """
         assert self._fallback is not None
         token = self._fallback.acquire(key, deadline)
         now = time.monotonic()
+        # Under the lock that _recover marks the backend up with: a fallback token is
+        # either in _outage before the backend is up (and written to it first), or not
+        # used at all.
         with self._state_lock:
+            if only_while_down and (self._recovering or not self._down):
+                return None
             outage = self._outage
             outage.append((key, now))
             while outage and (now - outage[0][1]) * 1000 >= self._horizon_ms:
                 outage.popleft()
         return Token(key, _FallbackHandle(token), now - start)
 
-    def _replay_outage(self) -> None:
+    def _recover(self) -> None:
         """Write the tokens taken from the fallback within the longest window into the
         backend (dated as late as settle could have dated them), so that everyone counts
-        them. On failure they are kept for the next try."""
-        with self._state_lock:
-            taken, self._outage = self._outage, collections.deque()
-        now = time.monotonic()
-        ages = [
-            (key, max(0, math.floor((now - at) * 1000) - self._settle_cap_ms))
-            for key, at in taken
-            if (now - at) * 1000 < self._horizon_ms
-        ]
+        them; no fallback token is used from then on, unless the backend fails again
+        (the caller's take marks it up or down). On failure the tokens are kept for the
+        next try."""
+        bound = BACKEND_DEADLINE.get()
+        wait = -1.0 if bound is None or bound == math.inf else max(0.0, bound - time.monotonic())
+        if not self._recover_lock.acquire(timeout=wait):
+            raise OutOfTime(f"{self.name}: tokens of the outage still being written")
         try:
-            if ages:
-                self._replay(ages)
-        except BaseException:
-            with self._state_lock:
-                taken.extend(self._outage)
-                self._outage = taken
-            raise
-        if ages:
+            replayed = self._write_outage()
+        finally:
+            self._recover_lock.release()
+        if replayed:
             log.info(
-                "syncfetch: counted %d tokens taken while %s was unavailable in it",
-                len(ages),
+                "syncfetch: %d tokens taken while %s was unavailable are now counted in it",
+                replayed,
                 self.name,
                 extra={"syncfetch_backend": self.name},
             )
+
+    def _write_outage(self) -> int:
+        """The loop of :meth:`_recover`; caller holds ``_recover_lock``."""
+        replayed = 0
+        while True:
+            with self._state_lock:
+                self._recovering = self._down
+                taken, self._outage = self._outage, collections.deque()
+                if not taken:
+                    return replayed
+            now = time.monotonic()
+            ages = [
+                (key, max(0, math.floor((now - at) * 1000) - self._settle_cap_ms))
+                for key, at in taken
+                if (now - at) * 1000 < self._horizon_ms
+            ]
+            try:
+                if ages:
+                    self._replay(ages)
+            except BaseException:
+                with self._state_lock:
+                    taken.extend(self._outage)
+                    self._outage = taken
+                raise
+            replayed += len(ages)
 
     def backend_down(self) -> bool:
         """Whether the last use of the backend failed (for tests and stats)."""
