@@ -284,7 +284,9 @@ class RedisLimiter(SharedLimiter):
             margin=margin,
             on_backend_error=on_backend_error,
             name=name,
-            errors=(redis.RedisError, OSError),
+            # ValueError: redis-py reading a socket that close() shut under it
+            # ("I/O operation on closed file").
+            errors=(redis.RedisError, OSError, ValueError),
         )
         self.client = client
         self.prefix = prefix
@@ -356,7 +358,7 @@ class RedisLimiter(SharedLimiter):
             if queued:
                 # Best effort (the script already left the queue on a deadline; an
                 # abandoned ticket otherwise expires by itself).
-                with contextlib.suppress(redis.RedisError, OSError):
+                with contextlib.suppress(redis.RedisError, OSError, ValueError):
                     self.client.zrem(keys[5], waiter)
                     self.client.zrem(keys[6], waiter)
             raise

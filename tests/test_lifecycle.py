@@ -242,3 +242,24 @@ def test_close_from_another_thread_is_idempotent(server: ScriptedServer, kind: s
     calls.join(5)
     assert len(calls.closed()) == 2
     assert server.count() == 1
+
+
+def test_hung_redis_waiters_end_on_close(server: ScriptedServer) -> None:
+    from tests.test_faults import HungServer
+
+    pytest.importorskip("redis")
+    hung = HungServer()
+    try:
+        s = syncfetch.Session("5/s", backend=f"redis://127.0.0.1:{hung.port}/0", retry=0)
+        calls = Calls()
+        calls.start(3, lambda: s.get(server.url_for("/t")))
+        # Each waits on Redis for up to 2 s (its socket timeout): close well before.
+        time.sleep(0.3)
+        start = time.monotonic()
+        s.close()
+        calls.join(1.5)
+        assert time.monotonic() - start < 1.5
+        assert len(calls.closed()) == 3, calls.outcomes
+        assert server.count() == 0
+    finally:
+        hung.close()
