@@ -311,7 +311,7 @@ def test_hung_redis_holds_a_call_no_longer_than_max_wait(
             assert s.get(server.url).status_code == 200
         took = time.monotonic() - start
         # max_wait bounds the backend's answer (was 8.1 s raising, 4 s falling back);
-        # slack for connect + one command at the 0.1 s floor on a busy box.
+        # slack for connect + one command at the 0.25 s floor on a busy box.
         assert took < 1.8, took
         if mode == "fallback":
             # Meanwhile, calls do not wait on the hung backend at all.
