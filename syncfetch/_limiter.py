@@ -197,6 +197,8 @@ class KeyedLimiter:
             return
         with self._lock:
             item = RateItem(key, math.ceil(self._clock() * 1000))
+            if item.timestamp >= self._next_sweep * 1000:  # keeps the recorded log bounded
+                self._sweep(item.timestamp / 1000)
             bucket = self._buckets.get(key)
             if bucket is None:
                 bucket = self._buckets[key] = InMemoryBucket(self.rates)

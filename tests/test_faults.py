@@ -487,3 +487,14 @@ def test_sqlite_wall_clock_step_forward_keeps_the_limit(
     with pytest.raises(RateLimitExceeded):
         limiter.acquire("k", time.monotonic() + 0.5)
     limiter.close()
+
+
+def test_fallback_record_stays_bounded_while_the_backend_is_healthy() -> None:
+    # The fallback counts every backend token (for a switch mid-window): never for ever.
+    clock = JumpingClock()
+    fallback = KeyedLimiter(RATES, margin=DEFAULT_MARGIN, clock=clock)
+    for second in range(60):
+        clock.offset = float(second)
+        for _ in range(LIMIT):
+            fallback.record(f"host{second % 7}")
+    assert sum(len(b.items) for b in fallback._buckets.values()) <= 11 * LIMIT
