@@ -217,11 +217,12 @@ class SharedLimiter:
     def paused_for(self, key: str, deadline: float | None = None) -> float:
         """Seconds left of a pause on ``key`` set by any process (0 when there is none).
 
-        A backend failure is not raised here: the ``acquire`` that follows raises it
-        (or falls back); meanwhile the fallback limiter's pause, if any, answers.
+        With ``on_backend_error="fallback"``, a backend failure is not raised here: the
+        fallback limiter's pause, if any, answers.
 
         :param deadline: ``time.monotonic()`` by which the backend must answer.
         :raises RateLimitExceeded: when the backend stays busy past ``deadline``.
+        :raises BackendUnavailable: when the backend fails and ``on_backend_error="raise"``.
         """
         local = self._fallback.paused_for(key) if self._fallback is not None else 0.0
         if self._fallback is not None and self._down and time.monotonic() < self._probe_at:
@@ -238,6 +239,12 @@ class SharedLimiter:
         except self._errors as exc:
             self.sleep(0)  # closed meanwhile: SessionClosed
             self._mark_down(exc)
+            if self._fallback is None:
+                # Not left to the acquire that follows: it would wait out a hung
+                # backend's timeout a second time.
+                raise BackendUnavailable(
+                    f"rate-limit backend {self.name} is unavailable: {exc}"
+                ) from exc
             return local
         finally:
             BACKEND_DEADLINE.reset(bound)

@@ -498,3 +498,16 @@ def test_fallback_record_stays_bounded_while_the_backend_is_healthy() -> None:
         for _ in range(LIMIT):
             fallback.record(f"host{second % 7}")
     assert sum(len(b.items) for b in fallback._buckets.values()) <= 11 * LIMIT
+
+
+def test_hung_redis_without_max_wait_costs_one_socket_timeout(
+    server: ScriptedServer, hung: HungServer
+) -> None:
+    # The pause check fails first: the acquire after it must not wait a second time.
+    url = f"redis://127.0.0.1:{hung.port}/0"
+    with syncfetch.Session("5/s", backend=url, retry=0) as s:
+        start = time.monotonic()
+        with pytest.raises(BackendUnavailable):
+            s.get(server.url)
+        assert time.monotonic() - start < 3.5  # one 2 s socket timeout, not two
+    assert server.count() == 0
