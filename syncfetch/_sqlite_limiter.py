@@ -133,8 +133,10 @@ def _wall_ms() -> int:
     return math.ceil(time.time() * 1000)
 
 
-def _file_id(path: str) -> tuple[int, int] | None:
-    """The identity of the file at ``path`` (``None``: there is none)."""
+def _file_id(path: str | None) -> tuple[int, int] | None:
+    """The identity of the file at ``path`` (``None``: there is none, or no path)."""
+    if path is None:
+        return None
     try:
         st = os.stat(path)
     except OSError:
@@ -194,6 +196,14 @@ class SQLiteLimiter(SharedLimiter):
         fair: bool = True,
     ) -> None:
         self.path = os.fspath(path)
+        # The file actually opened (and checked, see _check_file): resolved once, so a
+        # later chdir() does not move the limit to another file. None for an in-memory
+        # database or a URI, which are not checked.
+        self._file: str | None = (
+            None
+            if self.path == ":memory:" or self.path.startswith("file:")
+            else os.path.abspath(self.path)
+        )
         super().__init__(
             rates,
             margin=margin,
@@ -232,7 +242,7 @@ class SQLiteLimiter(SharedLimiter):
             self._check_file()
         if self._conn is None:
             self._conn = self._open()
-            self._file_id = _file_id(self.path)
+            self._file_id = _file_id(self._file)
             self._check_file_at = time.monotonic() + _FILE_CHECK_EVERY
         return self._conn
 
@@ -241,7 +251,7 @@ class SQLiteLimiter(SharedLimiter):
         it, carrying the rows still in a window over (other processes now use the new
         file: without this, each side would have its own budget). Caller holds ``_lock``."""
         self._check_file_at = time.monotonic() + _FILE_CHECK_EVERY
-        now_id = _file_id(self.path)
+        now_id = _file_id(self._file)
         if now_id == self._file_id:
             return
         old = self._conn
@@ -260,7 +270,7 @@ class SQLiteLimiter(SharedLimiter):
         )
         self._drop()
         conn = self._conn = self._open()
-        self._file_id = _file_id(self.path)
+        self._file_id = _file_id(self._file)
         if rows:
             self._retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
             try:
@@ -327,7 +337,9 @@ class SQLiteLimiter(SharedLimiter):
         # isolation_level=None: no implicit transactions; acquire says BEGIN IMMEDIATE,
         # which takes the write lock up front (a deferred transaction upgraded later
         # fails with SQLITE_BUSY without waiting in WAL mode).
-        conn = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(
+            self._file or self.path, timeout=0, isolation_level=None, check_same_thread=False
+        )
         try:
             # Only takes effect before the first table exists: lets the sweep give
             # pages back to the file system (PRAGMA incremental_vacuum).

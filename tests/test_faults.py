@@ -511,3 +511,26 @@ def test_hung_redis_without_max_wait_costs_one_socket_timeout(
             s.get(server.url)
         assert time.monotonic() - start < 3.5  # one 2 s socket timeout, not two
     assert server.count() == 0
+
+
+def test_sqlite_path_is_fixed_at_creation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A relative path names the file in the working directory of the limiter's creation:
+    # a chdir() later neither moves the limit nor looks like a deleted file.
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    limiter = make_limiter("sqlite:///l.db", RATES, margin=0, on_backend_error="raise")
+    limiter.settle(limiter.acquire("k", None))
+    monkeypatch.chdir(tmp_path / "b")
+    time.sleep(0.15)
+    limiter.settle(limiter.acquire("k", None))
+    limiter.close()
+    assert (tmp_path / "a" / "l.db").exists() and not (tmp_path / "b" / "l.db").exists()
+
+
+def test_sqlite_memory_database_still_works() -> None:
+    limiter = make_limiter("sqlite:///:memory:", RATES, margin=0, on_backend_error="raise")
+    limiter.settle(limiter.acquire("k", None))
+    time.sleep(0.15)
+    limiter.settle(limiter.acquire("k", None))
+    limiter.close()
