@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -101,6 +102,9 @@ _CLEANUP_WAIT = 0.1
 # How often a process checks that its database file is still the one at ``path`` (one
 # os.stat): deleted or replaced, the file would split the processes into two budgets.
 _FILE_CHECK_EVERY = 0.1
+# A change of the wall clock against the monotonic clock larger than this (ms) is a step
+# of the wall clock (NTP slews it by at most 0.5 ms a second).
+_CLOCK_STEP_MS = 50
 # Free pages are returned to the file system once there are this many and they are
 # over a quarter of the file (a burst of many hosts); fewer are simply reused.
 _VACUUM_MIN_FREE_PAGES = 128
@@ -131,6 +135,20 @@ def _wall_ms() -> int:
     look newer (longer waits, never an excess); a step forward expires them early.
     """
     return math.ceil(time.time() * 1000)
+
+
+@functools.lru_cache(maxsize=1)
+def _boot_id() -> int | None:
+    """This boot of the machine, as a number (Linux); ``None`` where it is not known.
+
+    The monotonic clock starts again at each boot, so a wall-minus-monotonic offset
+    recorded before a reboot says nothing about a clock step.
+    """
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return int(f.read().strip().replace("-", "")[:15], 16)
+    except (OSError, ValueError):
+        return None
 
 
 def _file_id(path: str | None) -> tuple[int, int] | None:
@@ -379,6 +397,7 @@ class SQLiteLimiter(SharedLimiter):
         try:
             self._retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
             try:
+                self._follow_clock_step(conn)
                 yield conn
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -388,6 +407,55 @@ class SQLiteLimiter(SharedLimiter):
             if not isinstance(exc, RequestException):  # SessionClosed: nothing wrong with it
                 self._drop()
             raise
+
+    def _follow_clock_step(self, conn: sqlite3.Connection) -> None:
+        """Move every live row forward by a forward step of the wall clock.
+
+        Rows are dated on the wall clock; a step forward would make them look older and
+        leave their windows early. The wall clock minus the monotonic clock (the same
+        for every process of a machine, until it reboots) changes only when the wall
+        clock steps or is slewed. The first transaction to see it change by more than
+        ``_CLOCK_STEP_MS`` since the last one (in any process) moves the rows forward
+        by the step; a step back only records the new offset (rows then look newer:
+        longer waits, never an excess). Off where the boot cannot be identified
+        (``_boot_id``). Caller holds ``_lock`` inside a write transaction.
+        """
+        boot = _boot_id()
+        if boot is None:
+            return
+        now = _wall_ms()
+        offset = now - math.floor(time.monotonic() * 1000)
+        known = dict(
+            conn.execute(
+                "SELECT name, value FROM syncfetch_meta"
+                " WHERE name IN ('clock_boot', 'clock_offset')"
+            ).fetchall()
+        )
+        step = offset - known.get("clock_offset", offset)
+        if known.get("clock_boot") == boot and abs(step) <= _CLOCK_STEP_MS:
+            return
+        if known.get("clock_boot") == boot and step > 0:
+            # Live before the step (on the old clock), so still live, step ms later.
+            conn.execute(
+                "UPDATE syncfetch_log SET ts = ts + ?, exp = exp + ? WHERE exp > ?",
+                (step, step, now - step),
+            )
+            conn.execute(
+                "UPDATE syncfetch_pause SET until = until + ? WHERE until > ?", (step, now - step)
+            )
+            conn.execute(
+                "UPDATE syncfetch_queue SET exp = exp + ? WHERE exp > ?", (step, now - step)
+            )
+            log.warning(
+                "syncfetch: the wall clock stepped %d ms forward; tokens in %s moved with it",
+                step,
+                self.name,
+                extra={"syncfetch_backend": self.name},
+            )
+        conn.executemany(
+            "INSERT OR REPLACE INTO syncfetch_meta (name, value) VALUES (?, ?)",
+            [("clock_boot", boot), ("clock_offset", offset)],
+        )
 
     # -- SharedLimiter -------------------------------------------------------------------
 
