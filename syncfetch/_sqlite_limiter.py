@@ -132,7 +132,8 @@ def _wall_ms() -> int:
     origin that differs between processes (and after a reboot), while every process of
     a machine reads the same ``time.time()``. The price is that a step of the system
     clock (NTP, an administrator) shifts the windows: a step back makes recent rows
-    look newer (longer waits, never an excess); a step forward expires them early.
+    look newer (longer waits, never an excess); a step forward would expire them early,
+    so the rows are moved with it (``SQLiteLimiter._follow_clock_step``, Linux only).
     """
     return math.ceil(time.time() * 1000)
 
