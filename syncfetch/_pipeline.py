@@ -51,6 +51,11 @@ class Call:
     owner: object
     deadline: float | None
     attempts: int = 0
+    #: The pipeline's ``closing`` event when the call first reached it: close() sets
+    #: that event and then installs a new one, so a call started before close() still
+    #: sees it set (in every wait, and before each attempt), and one started after
+    #: does not.
+    closing: threading.Event | None = None
 
 
 #: The call being sent on this thread; redirect hops find their call's deadline here.
@@ -173,9 +178,13 @@ class Pipeline:
         self.adaptive = adaptive
         self.rate_limit_headers = rate_limit_headers
         self.budget = BudgetTracker(policy.budget) if policy.budget is not None else None
-        # Set by Session.close(): every limit, backoff and pause wait ends at once.
+        # Set by Session.close() (end_waits): every slot, limit, backoff and pause wait
+        # of the calls started so far ends at once. Replaced, never cleared, so each
+        # event is one generation of calls (see Call.closing).
         self.closing = threading.Event()
         limiter.sleep = self._sleep
+        if adaptive is not None:
+            adaptive._sleep = self._sleep
         self.limiter = limiter
         self.slots = slots
         self.per_host = per_host
@@ -188,9 +197,23 @@ class Pipeline:
             if part is not None:
                 part.after_fork()
 
+    def end_waits(self) -> None:
+        """Close the current generation: its waiters raise ``SessionClosed`` at once."""
+        self.closing.set()
+        self.slots.wake()
+
+    def _closing(self) -> threading.Event:
+        """The closing event of the call on this thread (its generation)."""
+        call = CURRENT_CALL.get()
+        if call is None:
+            return self.closing
+        if call.closing is None:
+            call.closing = self.closing
+        return call.closing
+
     def _sleep(self, seconds: float) -> None:
         """A limit wait: ends early, raising, when the session is closed."""
-        if self.closing.wait(seconds):
+        if self._closing().wait(seconds):
             raise SessionClosed("the session was closed while this call waited")
 
     def _requested_sleep(self, seconds: float) -> None:
@@ -199,7 +222,7 @@ class Pipeline:
             self._sleep(seconds)
 
     def _wait_out_pause(self, key: str, limit: float | None) -> None:
-        paused = self.limiter.paused_for(key)
+        paused = self.limiter.paused_for(key, limit)
         if paused <= 0:
             return
         if paused > self.policy.retry_after_max or (
@@ -224,6 +247,9 @@ class Pipeline:
         :returns: the slot, the token, the send time (for adaptive feedback) and the
             waits, for the stats recorded with the attempt's outcome.
         """
+        closing = self._closing()
+        if closing.is_set():
+            raise SessionClosed("the session was closed before this attempt")
         limit = None if self.max_wait is None else time.monotonic() + self.max_wait
         if deadline is not None:
             limit = deadline if limit is None else min(limit, deadline)
@@ -232,13 +258,16 @@ class Pipeline:
         # many threads waiting), which costs more than the one refusal it may collect.
         self._wait_out_pause(key, limit)
         before_slot = time.monotonic()
-        slot = self.slots.acquire(None if limit is None else limit - before_slot, key)
+        slot = self.slots.acquire(None if limit is None else limit - before_slot, key, closing)
         got_slot = time.monotonic()
         try:
             paced = 0.0
             if self.adaptive is not None:
                 paced, _ = self.adaptive.acquire(key, limit)
             token = self.limiter.acquire(key, limit)
+            # A wait may have ended just as close() ran: nothing is sent after that.
+            if closing.is_set():
+                raise SessionClosed("the session was closed while this call waited")
         except BaseException:
             slot.release()
             raise

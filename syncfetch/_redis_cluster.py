@@ -71,6 +71,10 @@ class RedisClusterLimiter(RedisLimiter):
         with _cluster_errors():
             super()._pause(key, seconds)
 
+    def _replay(self, ages: list[tuple[str, int]]) -> None:
+        with _cluster_errors():
+            super()._replay(ages)
+
     def _paused_for(self, key: str) -> float:
         with _cluster_errors():
             return super()._paused_for(key)

@@ -568,7 +568,7 @@ class Session(requests.Session):
         session may be used again afterwards, as a requests session may.
         """
         pipeline = self._pipeline
-        pipeline.closing.set()
+        pipeline.end_waits()
         try:
             self._executor.shutdown()
             pipeline.limiter.close()
@@ -800,7 +800,7 @@ def _end_waits_at_exit() -> None:
     # The interpreter joins pool threads before atexit handlers run: end their waits
     # first, so exit never sits through a token, backoff or pause wait.
     for session in list(_SESSIONS):
-        session._pipeline.closing.set()
+        session._pipeline.end_waits()
 
 
 # threading._register_atexit is what concurrent.futures itself uses to stop its pools
