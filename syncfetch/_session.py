@@ -21,8 +21,9 @@ from requests.adapters import BaseAdapter, HTTPAdapter
 
 from ._adaptive import Adaptive, AdaptiveLimiter
 from ._backends import make_limiter
+from ._events import EventHook, hooks_of
 from ._executor import BoundedExecutor
-from ._pipeline import CURRENT_CALL, Call, Pipeline
+from ._pipeline import CURRENT_CALL, Call, Pipeline, bucket_key
 from ._rates import LimitsArg, normalize_limits
 from ._result import Result
 from ._retry import RetryPolicy
@@ -115,6 +116,8 @@ class Session(requests.Session):
         ``X-RateLimit-*`` headers report its quota spent, until the reset they give.
     :param adaptive: ``True`` or an :class:`Adaptive` to let each key's rate follow the
         server's throttling (the limits become a ceiling); ``None``/``False`` for off.
+    :param on_event: a callable, or a list of them, handed an :class:`Event` for each
+        attempt, response, retry, give-up, pause and wait (see :meth:`add_event_hook`).
     :raises ValueError: for an invalid argument, naming it.
     """
 
@@ -147,7 +150,9 @@ class Session(requests.Session):
         on_backend_error: str = "raise",
         rate_limit_headers: bool = True,
         adaptive: Adaptive | bool | None = None,
+        on_event: EventHook | Iterable[EventHook] | None = None,
     ) -> None:
+        hooks = hooks_of(on_event)
         if (
             isinstance(max_concurrency, bool)
             or not isinstance(max_concurrency, int)
@@ -189,7 +194,30 @@ class Session(requests.Session):
         for prefix in ("https://", "http://"):
             self.mount(prefix, self._default_adapter())
         self._build_pipeline()
+        for hook in hooks:
+            self.add_event_hook(hook)
         _SESSIONS.add(self)
+
+    def add_event_hook(self, hook: EventHook) -> None:
+        """Call ``hook(event)`` for every :class:`Event` of this session, from now on.
+
+        Hooks run on the thread where the event happens, so they should be quick; one
+        that raises is logged once and never breaks a call. Hooks are not pickled.
+
+        :raises TypeError: when ``hook`` is not callable.
+        """
+        if not callable(hook):
+            raise TypeError(f"hook must be callable, not {hook!r}")
+        self._pipeline.hub.add(hook)
+        self._pipeline.set_hooks()
+
+    def remove_event_hook(self, hook: EventHook) -> None:
+        """Stop calling ``hook``.
+
+        :raises ValueError: when it was not added.
+        """
+        self._pipeline.hub.remove(hook)
+        self._pipeline.set_hooks()
 
     def _default_adapter(self) -> HTTPAdapter:
         # pool_block stays False: the slots already cap connections per pool, and a
@@ -275,6 +303,11 @@ class Session(requests.Session):
         token = CURRENT_CALL.set(call)
         used = getattr(item, "method", None) or method
         used = used.upper() if isinstance(used, str) else None  # as requests sends it
+        events = self._pipeline.events
+        if events is not None:
+            key = bucket_key(_item_url(item), self.per_host)
+            events.call_start(call, used, _item_url(item), key)
+        result: Result | None = None
         try:
             if isinstance(item, str):
                 resp = self.request(method, item, **kwargs)
@@ -286,10 +319,14 @@ class Session(requests.Session):
                     f"map() items must be URL strings or requests.Request, not {item!r}"
                 )
         except Exception as exc:
-            return Result(index, item, None, exc, call.attempts, time.monotonic() - start, used)
+            result = Result(index, item, None, exc, call.attempts, time.monotonic() - start, used)
+        else:
+            result = Result(index, item, resp, None, call.attempts, time.monotonic() - start, used)
         finally:
             CURRENT_CALL.reset(token)
-        return Result(index, item, resp, None, call.attempts, time.monotonic() - start, used)
+            if events is not None:
+                events.call_end(call, used, _item_url(item), key, start, result)
+        return result
 
     def close(self) -> None:
         """Cancel pool work not yet started, end every wait, close connections.
@@ -310,7 +347,11 @@ class Session(requests.Session):
     @property
     def stats(self) -> Stats:
         """A snapshot of this session's counters."""
-        return self._pipeline.stats.snapshot()
+        pipeline = self._pipeline
+        adaptive = pipeline.adaptive
+        return pipeline.stats.snapshot(
+            pipeline.limiter.paused_for, adaptive.rate if adaptive is not None else None
+        )
 
     def request(  # type: ignore[override]
         self,
@@ -365,14 +406,36 @@ class Session(requests.Session):
         if call is not None and call.owner is self:
             resp = super().send(request, **kwargs)  # a redirect hop of the current call
         else:
-            token = CURRENT_CALL.set(self._new_call())
+            call = self._new_call()
+            token = CURRENT_CALL.set(call)
             try:
-                resp = super().send(request, **kwargs)
+                if self._pipeline.events is None:
+                    resp = super().send(request, **kwargs)
+                else:
+                    resp = self._observed_send(call, request, kwargs)
             finally:
                 CURRENT_CALL.reset(token)
         wire = getattr(resp, "_syncfetch_wire_time", None)
         if wire is not None:
             resp.elapsed = timedelta(seconds=wire)
+        return resp
+
+    def _observed_send(
+        self, call: Call, request: PreparedRequest, kwargs: dict[str, Any]
+    ) -> Response:
+        """``send`` of a new call, between its ``call_start`` and ``call_end`` events."""
+        hub = self._pipeline.hub
+        key = bucket_key(request.url, self.per_host)
+        start = time.monotonic()
+        hub.call_start(call, request.method, request.url, key)
+        outcome: Response | BaseException | None = None
+        try:
+            resp = outcome = super().send(request, **kwargs)
+        except BaseException as exc:
+            outcome = exc
+            raise
+        finally:
+            hub.call_end(call, request.method, request.url, key, start, outcome)
         return resp
 
     def _new_call(self) -> Call:
@@ -436,6 +499,11 @@ class Session(requests.Session):
                     block=adapter._pool_block,
                 )
                 adapter.proxy_manager = {}
+
+
+def _item_url(item: object) -> str | None:
+    url = item if isinstance(item, str) else getattr(item, "url", None)
+    return url if isinstance(url, str) else None
 
 
 def _merge(item: Request, kwargs: dict[str, Any]) -> dict[str, Any]:

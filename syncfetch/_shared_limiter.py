@@ -83,6 +83,9 @@ class SharedLimiter:
         self._down = False
         self._probe_at = 0.0
         self.sleep: Callable[[float], None] = time.sleep
+        #: Told ``(up, reason)`` when the backend goes down or comes back; set by the
+        #: pipeline while an ``on_event`` hook is set, else None.
+        self.on_backend: Callable[[bool, str], None] | None = None
         _LIVE.add(self)
 
     # -- the Limiter protocol ------------------------------------------------------------
@@ -213,6 +216,9 @@ class SharedLimiter:
                 then,
                 extra={"syncfetch_backend": self.name},
             )
+            on_backend = self.on_backend
+            if on_backend is not None:
+                on_backend(False, f"{self.name}: {type(exc).__name__}: {exc}")
 
     def _mark_up(self) -> None:
         with self._state_lock:
@@ -223,6 +229,9 @@ class SharedLimiter:
                 self.name,
                 extra={"syncfetch_backend": self.name},
             )
+            on_backend = self.on_backend
+            if on_backend is not None:
+                on_backend(True, self.name)
 
     def _fallback_acquire(self, key: str, deadline: float | None, start: float) -> Token:
         assert self._fallback is not None
