@@ -119,8 +119,24 @@ class Hub:
         # _lock guards changes to hooks and _failed; emitting reads the tuple unlocked.
         self._lock = threading.Lock()
         self.hooks: tuple[EventHook, ...] = ()
+        self.senders: tuple[Callable[[Event, Any], object], ...] = ()
         self._failed: set[int] = set()
         self._calls = itertools.count(1)
+
+    def add_sender(self, hook: Callable[[Event, Any], object]) -> None:
+        """Also hand each ``"attempt"`` event's ``PreparedRequest`` to ``hook`` (for
+        integrations that add headers, as OpenTelemetry's trace context)."""
+        with self._lock:
+            self.senders = (*self.senders, hook)
+
+    def attempt(self, event: Event, request: Any) -> None:
+        """Emit an ``"attempt"`` event, then hand it and its request to the senders."""
+        self.emit(event)
+        for hook in self.senders:
+            try:
+                hook(event, request)
+            except Exception:
+                self._log_failure(hook)
 
     def add(self, hook: EventHook) -> None:
         with self._lock:
@@ -138,12 +154,13 @@ class Hub:
             try:
                 hook(event)
             except Exception:
-                if id(hook) not in self._failed:
-                    with self._lock:
-                        self._failed.add(id(hook))
-                    log.exception(
-                        "syncfetch: on_event hook %r raised; later errors not logged", hook
-                    )
+                self._log_failure(hook)
+
+    def _log_failure(self, hook: object) -> None:
+        if id(hook) not in self._failed:
+            with self._lock:
+                self._failed.add(id(hook))
+            log.exception("syncfetch: on_event hook %r raised; later errors not logged", hook)
 
     def new(self, kind: EventKind, key: str, url: str | None, **fields: Any) -> None:
         """Build and emit an event; ``url`` is redacted here."""

@@ -24,7 +24,7 @@ from . import _timing
 from ._adaptive import AdaptiveLimiter
 from ._body import consume_quietly, drain_undecoded, read_body
 from ._budget import BudgetTracker
-from ._events import MIN_WAIT, Hub
+from ._events import MIN_WAIT, Event, Hub
 from ._exceptions import DeadlineExceeded, RateLimitExceeded, SessionClosed
 from ._feedback import is_throttle, server_wait
 from ._limiter import Limiter, Token
@@ -190,7 +190,7 @@ class Pipeline:
 
     def set_hooks(self) -> None:
         """Start or stop emitting events, after the hub's hooks changed."""
-        self.events = self.hub if self.hub.hooks else None
+        self.events = self.hub if self.hub.hooks or self.hub.senders else None
         if hasattr(self.limiter, "on_backend"):
             self.limiter.on_backend = self._on_backend if self.events is not None else None
 
@@ -608,4 +608,5 @@ def _emit_attempt(
             events.new(
                 "wait", key, request.url, method=method, call=call_id, seconds=wait, wait=name
             )
-    events.new("attempt", key, request.url, method=method, call=call_id, attempt=number)
+    event = Event("attempt", key, safe_url(request.url), method, call_id, number)
+    events.attempt(event, request)
