@@ -9,7 +9,7 @@ import time
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sized
 from concurrent.futures import Future
 from datetime import timedelta
 from typing import Any
@@ -24,6 +24,7 @@ from ._backends import make_limiter
 from ._events import EventHook, hooks_of
 from ._executor import BoundedExecutor
 from ._pipeline import CURRENT_CALL, Call, Pipeline, bucket_key
+from ._progress import track
 from ._rates import LimitsArg, normalize_limits
 from ._result import Result
 from ._retry import RetryPolicy
@@ -264,6 +265,7 @@ class Session(requests.Session):
         method: str = "GET",
         *,
         ordered: bool = True,
+        progress: bool = False,
         **kwargs: Any,
     ) -> Iterator[Result]:
         """Fetch every item on the thread pool, yielding one :class:`Result` per item.
@@ -279,6 +281,9 @@ class Session(requests.Session):
             method, headers and body.
         :param method: method for URL-string items.
         :param ordered: yield in input order (``True``) or as completed (``False``).
+        :param progress: draw progress on stderr while it is a terminal (done, rate,
+            ETA when ``items`` has a length, failures, retries, 429s): tqdm's bar when
+            tqdm is installed, else the line ``syncfetch fetch`` draws.
         :param kwargs: request keyword arguments for every item (``timeout``, ``headers``...).
         :returns: an iterator of results, one per item.
         """
@@ -291,7 +296,11 @@ class Session(requests.Session):
         # demo: an item failing six times stalled a 2 x workers window for 11 s). The
         # executor's own bound still caps calls in flight at 2 x workers.
         window = self._executor.max_pending * (4 if ordered else 1)
-        return self._executor.run_all(calls, ordered, window=window)
+        results = self._executor.run_all(calls, ordered, window=window)
+        if progress:
+            total = len(items) if isinstance(items, Sized) else None
+            return track(results, self, total)
+        return results
 
     def _run_item(
         self, index: int, item: str | Request, method: str, kwargs: dict[str, Any]

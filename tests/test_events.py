@@ -256,3 +256,17 @@ def test_backend_down_and_up(tmp_path: Path) -> None:
     backend = [e for e in events if e.kind.startswith("backend")]
     assert [e.kind for e in backend] == ["backend_down", "backend_up"]
     assert backend[0].reason and "sqlite" in backend[0].reason and backend[0].url == ""
+
+
+def test_exception_reprs_show_key_and_wait_never_a_secret() -> None:
+    exc = syncfetch.RateLimitExceeded(
+        "no token for http://u:pw@api.test/x?api_key=s3cret", key=KEY, retry_after=1.5
+    )
+    text = repr(exc)
+    assert text == (
+        "RateLimitExceeded('no token for http://api.test/x?api_key=***', "
+        "key='http://api.test:80', retry_after=1.5)"
+    )
+    for cls in (syncfetch.DeadlineExceeded, syncfetch.BackendUnavailable, syncfetch.SessionClosed):
+        text = repr(cls("failed on https://user:pw@h.test/?token=abc"))
+        assert text == f"{cls.__name__}('failed on https://h.test/?token=***')"
