@@ -7,6 +7,7 @@ watches pays one attribute test per emission point and builds no event.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 import threading
@@ -82,6 +83,9 @@ class Event:
 
 
 EventHook = Callable[[Event], object]
+
+#: ``safe_url``, cached: a call's events all carry its URL, and parsing one costs microseconds.
+redacted = functools.lru_cache(maxsize=1024)(safe_url)
 
 #: Waits shorter than this are not reported as ``"wait"`` events (every call takes a
 #: free slot in microseconds).
@@ -162,9 +166,13 @@ class Hub:
                 self._failed.add(id(hook))
             log.exception("syncfetch: on_event hook %r raised; later errors not logged", hook)
 
+    def after_fork(self) -> None:
+        """A new lock in a forked child: a parent thread may have held it at fork time."""
+        self._lock = threading.Lock()
+
     def new(self, kind: EventKind, key: str, url: str | None, **fields: Any) -> None:
         """Build and emit an event; ``url`` is redacted here."""
-        self.emit(Event(kind, key, safe_url(url), **fields))
+        self.emit(Event(kind, key, redacted(url), **fields))
 
     # -- the call's boundaries (Session.send, Session.map) -------------------------------
 

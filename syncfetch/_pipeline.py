@@ -24,7 +24,7 @@ from . import _timing
 from ._adaptive import AdaptiveLimiter
 from ._body import consume_quietly, drain_undecoded, read_body
 from ._budget import BudgetTracker
-from ._events import MIN_WAIT, Event, Hub
+from ._events import MIN_WAIT, Event, Hub, redacted
 from ._exceptions import DeadlineExceeded, RateLimitExceeded, SessionClosed
 from ._feedback import is_throttle, server_wait
 from ._limiter import Limiter, Token
@@ -201,6 +201,7 @@ class Pipeline:
 
     def after_fork(self) -> None:
         self.closing = threading.Event()
+        self.hub.after_fork()
         for part in (self.limiter, self.slots, self.stats, self.budget, self.adaptive):
             if part is not None:
                 part.after_fork()
@@ -608,5 +609,5 @@ def _emit_attempt(
             events.new(
                 "wait", key, request.url, method=method, call=call_id, seconds=wait, wait=name
             )
-    event = Event("attempt", key, safe_url(request.url), method, call_id, number)
+    event = Event("attempt", key, redacted(request.url), method, call_id, number)
     events.attempt(event, request)

@@ -270,3 +270,18 @@ def test_exception_reprs_show_key_and_wait_never_a_secret() -> None:
     for cls in (syncfetch.DeadlineExceeded, syncfetch.BackendUnavailable, syncfetch.SessionClosed):
         text = repr(cls("failed on https://user:pw@h.test/?token=abc"))
         assert text == f"{cls.__name__}('failed on https://h.test/?token=***')"
+
+
+def test_redirect_hops_are_attempts_of_one_call(mocked: responses.RequestsMock) -> None:
+    mocked.get(URL, status=302, headers={"Location": "http://other.test/x?token=abc"})
+    mocked.get("http://other.test/x", status=200)
+    events: list[Event] = []
+    with syncfetch.Session(on_event=events.append) as s:
+        assert s.get(URL).status_code == 200
+    attempts = [e for e in events if e.kind == "attempt"]
+    assert [(e.attempt, e.key, e.url) for e in attempts] == [
+        (1, KEY, "http://api.test/items"),
+        (2, "http://other.test:80", "http://other.test/x?token=***"),
+    ]
+    assert len({e.call for e in events}) == 1
+    assert kinds(events).count("call_start") == 1 and events[-1].attempt == 2
