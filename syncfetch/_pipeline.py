@@ -43,6 +43,7 @@ log = logging.getLogger("syncfetch")
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 SESSION_KEY = "*"
+_BUDGET_SPENT = "retry budget spent"
 
 
 @dataclasses.dataclass
@@ -361,6 +362,15 @@ class Pipeline:
                 return outcome
             why = self._why_not_retry(key, attempt)
             if why:
+                if why is _BUDGET_SPENT and self.events is not None:
+                    self.events.new(
+                        "budget_spent",
+                        key,
+                        request.url,
+                        method=request.method,
+                        call=call.id if call is not None else 0,
+                        attempt=attempt,
+                    )
                 return self._give_up(request, outcome, why)
             waits = waits or policy.waits()
             wait = policy.jittered(next(waits))
@@ -489,9 +499,7 @@ class Pipeline:
             return "retries exhausted"
         if self.budget is not None and not self.budget.try_spend(key):
             self.stats.add(key, budget_exhausted=1)
-            if self.events is not None:
-                self.events.new("budget_spent", key, None, attempt=attempt)
-            return "retry budget spent"
+            return _BUDGET_SPENT
         return ""
 
     def _listen(self, key: str, resp: Response, request: PreparedRequest) -> None:

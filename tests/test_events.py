@@ -148,7 +148,8 @@ def test_budget_spent(mocked: responses.RequestsMock) -> None:
     with syncfetch.Session(retry=policy, on_event=events.append) as s:
         assert s.get(URL).status_code == 503
         assert s.stats.by_key[KEY].budget_exhausted == 1
-    assert "budget_spent" in kinds(events)
+    spent = next(e for e in events if e.kind == "budget_spent")
+    assert spent.url == URL and spent.attempt == 1
     assert events[-2].kind == "giveup" and events[-2].reason == "retry budget spent"
 
 
