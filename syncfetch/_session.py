@@ -355,7 +355,7 @@ class Session(requests.Session):
 
     @property
     def stats(self) -> Stats:
-        """A snapshot of this session's counters."""
+        """A snapshot of this session's counters: the totals, and per key in ``by_key``."""
         pipeline = self._pipeline
         adaptive = pipeline.adaptive
         return pipeline.stats.snapshot(
