@@ -131,13 +131,16 @@ def test_errors_waits_and_the_users_parent_span(mocked: responses.RequestsMock, 
 def test_map_calls_are_spans_on_pool_threads(mocked: responses.RequestsMock, otel: Any) -> None:
     exporter, _, instrument = otel
     mocked.get(re.compile(r"http://api\.test/\d"))
-    with syncfetch.Session() as s:
+    tracer = trace.get_tracer("test", tracer_provider=TracerProvider())
+    with syncfetch.Session() as s, tracer.start_as_current_span("job") as job:
         instrument(s)
         results = list(s.map([f"http://api.test/{i}" for i in range(6)]))
     assert all(r.ok for r in results)
     spans = exporter.get_finished_spans()
     calls, attempts = by_kind(spans, SpanKind.INTERNAL), by_kind(spans, SpanKind.CLIENT)
     assert len(calls) == len(attempts) == 6
+    # The span current around map() is every item's parent, on the pool's threads too.
+    assert {c.parent.span_id for c in calls if c.parent} == {job.get_span_context().span_id}
     parents = {a.parent.span_id for a in attempts if a.parent}
     assert parents == {c.context.span_id for c in calls}
 
