@@ -286,3 +286,19 @@ def test_redirect_hops_are_attempts_of_one_call(mocked: responses.RequestsMock) 
     ]
     assert len({e.call for e in events}) == 1
     assert kinds(events).count("call_start") == 1 and events[-1].attempt == 2
+
+
+def test_by_key_adds_up_across_threads(mocked: responses.RequestsMock) -> None:
+    hosts = [f"http://h{i}.test/" for i in range(4)]
+    for host in hosts:
+        mocked.get(host)
+    seen: list[int] = []
+    with syncfetch.Session(max_concurrency=8, on_event=lambda e: seen.append(1)) as s:
+        results = list(s.map(hosts * 50, ordered=False))
+        stats = s.stats
+    assert len(results) == 200 and all(r.ok for r in results)
+    assert stats.attempts == 200 and seen
+    assert {k: v.attempts for k, v in stats.by_key.items()} == {
+        f"http://h{i}.test:80": 50 for i in range(4)
+    }
+    assert sum(v.statuses[200] for v in stats.by_key.values()) == stats.statuses[200] == 200
