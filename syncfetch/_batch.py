@@ -17,7 +17,7 @@ from requests import Request
 
 from ._batch_input import BadLine, parse_line, read_items
 from ._batch_output import Previous, bad_record, reason, record
-from ._progress import ProgressLine, RecentRate, Ticker, duration
+from ._progress import ProgressLine, RecentRate, Ticker, status_text
 from ._result import Result
 from ._session import Session
 from ._shard import take_shard
@@ -67,17 +67,14 @@ class Tally:
     def line(self, session: Session, rate: float) -> str:
         """The progress line: done (of the total), recent rate, ETA, failures, 429s."""
         stats = session.stats
-        done = self.all_done
-        text = f"{done:,}"
-        if self.total is not None:
-            total = max(self.total, done)
-            text += f"/{total:,} ({100 * done / max(total, 1):.0f}%)"
-        text += f" done, {rate:.1f}/s"
-        if self.total is not None and rate > 0:
-            text += f", ETA {duration((max(self.total, done) - done) / rate)}"
-        return (
-            f"{text}, {self.all_failed:,} failed, {stats.retries:,} retries, "
-            f"{stats.responses_429:,} x 429, {duration(time.monotonic() - self.started)} elapsed"
+        return status_text(
+            self.all_done,
+            self.total,
+            rate,
+            self.all_failed,
+            stats.retries,
+            stats.responses_429,
+            time.monotonic() - self.started,
         )
 
     def summary(self, session: Session) -> str:
@@ -194,7 +191,7 @@ def run_fetch(
     def draw() -> None:
         progress.draw(tally.line(session, recent.rate(tally.done)))
 
-    kwargs = {"headers": headers} if headers else {}
+    kwargs: dict[str, Any] = {"headers": headers} if headers else {}
     with signals, Ticker(draw) if progress.enabled else contextlib.nullcontext():
         for result in session.map(items(), method, ordered=False, **kwargs):
             write(record(result, lines.pop(result.index), method, with_body, redact_query))

@@ -115,6 +115,9 @@ class SharedLimiter:
         # backend waits until the tokens taken before it are there.
         self._recover_lock = threading.Lock()
         self.sleep: Callable[[float], None] = time.sleep
+        #: Told ``(up, reason)`` when the backend goes down or comes back; set by the
+        #: pipeline while an ``on_event`` hook is set, else None.
+        self.on_backend: Callable[[bool, str], None] | None = None
         _LIVE.add(self)
 
     # -- the Limiter protocol ------------------------------------------------------------
@@ -298,6 +301,9 @@ class SharedLimiter:
                 then,
                 extra={"syncfetch_backend": self.name},
             )
+            on_backend = self.on_backend
+            if on_backend is not None:
+                on_backend(False, f"{self.name}: {type(exc).__name__}: {exc}")
 
     def _mark_up(self) -> None:
         with self._state_lock:
@@ -309,6 +315,9 @@ class SharedLimiter:
                 self.name,
                 extra={"syncfetch_backend": self.name},
             )
+            on_backend = self.on_backend
+            if on_backend is not None:
+                on_backend(True, self.name)
 
     def _fallback_acquire(
         self, key: str, deadline: float | None, start: float, *, only_while_down: bool
