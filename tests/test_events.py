@@ -143,7 +143,7 @@ def test_rate_limited_and_token_wait(mocked: responses.RequestsMock) -> None:
 def test_budget_spent(mocked: responses.RequestsMock) -> None:
     mocked.get(URL, status=503)
     events: list[Event] = []
-    budget = syncfetch.RetryBudget(ratio=0.0, min_per_second=0, ttl=10)
+    budget = syncfetch.RetryBudget(reserve=0)
     policy = syncfetch.RetryPolicy(retries=3, budget=budget)
     with syncfetch.Session(retry=policy, on_event=events.append) as s:
         assert s.get(URL).status_code == 503
