@@ -10,35 +10,38 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import math
 import threading
 import time
 from collections.abc import Callable
-from operator import attrgetter
 from typing import Any, Protocol
 
-from pyrate_limiter import InMemoryBucket, Rate, RateItem
+from pyrate_limiter import Rate
 
 from ._exceptions import RateLimitExceeded
 
 # Housekeeping cadence: drop buckets whose every window has emptied, so a crawl
 # over a million hosts does not keep a million buckets.
 _SWEEP_EVERY = 10.0
-_by_timestamp = attrgetter("timestamp")
+# Assumed time between a request leaving this process and the server counting it.
+DEFAULT_ARRIVAL = 0.010
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Token:
-    """A token taken for one attempt; ``settle`` re-dates it once the request has arrived.
+    """A token taken for one attempt; ``settle`` dates it once the request has left.
 
     :ivar key: the bucket key.
     :ivar handle: what the limiter needs to find the token again (backend-specific).
     :ivar waited: seconds the caller waited for it.
+    :ivar sent: ``time.monotonic()`` when the request's bytes were handed to the
+        socket, noted by syncfetch's connections (``None`` until then, and for
+        adapters that do not note it).
     """
 
     key: str
     handle: Any
     waited: float
+    sent: float | None = None
 
 
 class Limiter(Protocol):
@@ -58,7 +61,8 @@ class Limiter(Protocol):
         ...
 
     def settle(self, token: Token) -> None:
-        """Re-date ``token`` to now (capped): its request has reached the server."""
+        """Date ``token`` by when its request reached the server: ``token.sent`` plus
+        the arrival margin, and never later than now (the response is in hand)."""
         ...
 
     def pause(self, key: str, seconds: float) -> None:
@@ -82,13 +86,30 @@ class Limiter(Protocol):
         ...
 
 
+class _Log:
+    """One key's sliding-window log: dated tokens, and tokens whose request is in flight."""
+
+    __slots__ = ("dates", "pending")
+
+    def __init__(self) -> None:
+        self.dates: list[float] = []  # settled tokens' dates, sorted
+        self.pending: dict[Token, None] = {}  # taken, not yet settled
+
+
 class KeyedLimiter:
-    """One in-memory bucket per key, all with the same rates.
+    """One sliding-window log per key, all with the same rates.
+
+    A token taken but not yet settled counts as sent *now* (its request may reach the
+    server at any later moment), or, once its connection noted the send, as sent then
+    plus ``arrival``; :meth:`settle` gives it its final date. So a thread that waits
+    any length of time between its token and its send (for the GIL, a TLS handshake,
+    a proxy) is counted when its request leaves, and the server's latency is not.
 
     :param rates: binding rates, as returned by ``normalize_limits``; with none, only
         pauses are enforced.
-    :param margin: seconds added to every window, to absorb the scheduling jitter
-        between taking a token and the request reaching the server.
+    :param margin: seconds added to every window (clock rounding).
+    :param arrival: seconds after a request leaves this process by which the server
+        is assumed to have counted it (its own stamping delay).
     :param clock: monotonic clock in seconds (injectable for tests).
     :param sleep: sleep function (injectable for tests).
     """
@@ -98,28 +119,36 @@ class KeyedLimiter:
         rates: list[Rate],
         *,
         margin: float = 0.0,
+        arrival: float = DEFAULT_ARRIVAL,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         margin_ms = int(margin * 1000)
         self.rates = [Rate(r.limit, r.interval + margin_ms) for r in rates]
-        # A token is re-dated by at most a tenth of the shortest window, and 100 ms.
-        self._settle_cap_ms = min(100, self.rates[0].interval // 10) if rates else 0
+        self._windows = [(r.limit, r.interval / 1000) for r in self.rates]
+        self._horizon = max((w for _, w in self._windows), default=0.0)
+        self.arrival = arrival
         self._clock = clock
         self.sleep = sleep
-        # _lock guards _buckets, _paused, _next_sweep and every bucket put/leak, so a
-        # check-and-take is atomic across threads. Never held while sleeping.
+        # _lock guards _logs (every log's dates and pending), _paused and _next_sweep,
+        # so a check-and-take is atomic across threads. Never held while sleeping.
         self._lock = threading.Lock()
-        self._buckets: dict[str, InMemoryBucket] = {}
+        self._logs: dict[str, _Log] = {}
         self._paused: dict[str, float] = {}
         self._next_sweep = clock() + _SWEEP_EVERY
 
     def after_fork(self) -> None:
-        """Replace the lock in a forked child: the parent may have held it at fork time."""
+        """In a forked child: a new lock (the parent may have held it at fork time), and
+        the parent's in-flight tokens dated now (their threads do not exist here)."""
         self._lock = threading.Lock()
+        now = self._clock()
+        for log in self._logs.values():
+            for _ in log.pending:
+                bisect.insort(log.dates, now)
+            log.pending = {}
 
     def close(self) -> None:
-        """Nothing to release: the buckets live in this process's memory."""
+        """Nothing to release: the logs live in this process's memory."""
 
     def pause(self, key: str, seconds: float) -> None:
         """Record that ``key`` must not be sent to for ``seconds`` (a server asked)."""
@@ -148,10 +177,16 @@ class KeyedLimiter:
         while True:
             with self._lock:
                 now = self._clock()
-                item = RateItem(key, math.ceil(now * 1000))
-                wait = self._try_take(key, item)
+                if now >= self._next_sweep:
+                    self._sweep(now)
+                log = self._logs.get(key)
+                if log is None:
+                    log = self._logs[key] = _Log()
+                wait = self._wait(log, now)
                 if wait <= 0:
-                    return Token(key, item, now - start)
+                    token = Token(key, log, now - start)
+                    log.pending[token] = None
+                    return token
             if deadline is not None and now + wait > deadline:
                 raise RateLimitExceeded(
                     f"no rate-limit token for {key} within max_wait (next in {wait:.3f} s)",
@@ -160,60 +195,62 @@ class KeyedLimiter:
                 )
             self.sleep(wait)
 
+    def _wait(self, log: _Log, now: float) -> float:
+        """Seconds until every window of ``log`` has room at ``now`` (0: room now)."""
+        dates = log.dates
+        cut = bisect.bisect_right(dates, now - self._horizon)
+        if cut:
+            del dates[:cut]
+        in_flight: list[float] = []
+        if log.pending:
+            arrival = self.arrival
+            in_flight = sorted(now if t.sent is None else t.sent + arrival for t in log.pending)
+        wait = 0.0
+        for limit, window in self._windows:
+            low = now - window
+            first = bisect.bisect_right(dates, low)
+            flying = [d for d in in_flight if d > low] if in_flight else in_flight
+            over = len(dates) - first + len(flying) - limit
+            if over >= 0:
+                # The over-th oldest date in the window must leave it first.
+                oldest = sorted(dates[first : first + over + 1] + flying)[over]
+                wait = max(wait, oldest + window - now, 1e-6)
+        return wait
+
     def settle(self, token: Token) -> None:
-        """Re-date a token to now (capped), once its request is known to have arrived.
+        """Date a token by when its request reached the server, once the send is over.
 
-        The server counts a request when it arrives, which is after the token was
-        taken by however long the sending thread waited for the GIL and the wire:
-        measured on loopback with 16 threads, 0.5 ms typically but up to 47 ms. The
-        response (or the failure) marks a moment at or after that arrival, so dating
-        the token then keeps our windows at or behind the server's. The cap bounds
-        what a slow server costs in throughput.
+        The server counts a request when it arrives: after the token was taken by
+        however long the thread then waited (for the GIL, a connection; measured on
+        loopback with 16 threads, up to 47 ms), and before the response. The date is
+        the send noted by the connection plus ``arrival`` (the server's stamping), and
+        never later than now; without a noted send, now. Either way at or after the
+        server's count, so our windows stay at or behind the server's.
         """
-        item: RateItem | None = token.handle
-        if item is None:
+        log: _Log | None = token.handle
+        if log is None:
             return
-        new = min(math.ceil(self._clock() * 1000), item.timestamp + self._settle_cap_ms)
-        if new <= item.timestamp:
-            return
+        now = self._clock()
+        sent = token.sent
+        date = now if sent is None else min(sent + self.arrival, now)
         with self._lock:
-            bucket = self._buckets.get(token.key)
-            if bucket is None:
-                return
-            items = bucket.items
-            i = bisect.bisect_left(items, item.timestamp, key=_by_timestamp)
-            while i < len(items) and items[i] is not item and items[i].timestamp == item.timestamp:
-                i += 1
-            if i < len(items) and items[i] is item:
-                del items[i]
-                item.timestamp = new
-                bisect.insort(items, item, key=_by_timestamp)
-
-    def _try_take(self, key: str, item: RateItem) -> float:
-        """Put ``item`` in ``key``'s bucket; return 0 on success or the seconds to wait."""
-        if item.timestamp >= self._next_sweep * 1000:
-            self._sweep(item.timestamp / 1000)
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = InMemoryBucket(self.rates)
-        if bucket.put(item):
-            return 0.0
-        wait_ms = bucket.waiting(item)
-        assert isinstance(wait_ms, int) and wait_ms >= 0  # weight 1 always fits eventually
-        return max(wait_ms, 1) / 1000
+            if log.pending.pop(token, 0) is None:
+                dates = log.dates
+                if not dates or date >= dates[-1]:
+                    dates.append(date)
+                else:
+                    bisect.insort(dates, date)
 
     def _sweep(self, now: float) -> None:
-        now_ms = math.ceil(now * 1000)
-        for key, bucket in list(self._buckets.items()):
-            bucket.leak(now_ms)
-            if bucket.count() == 0:
-                del self._buckets[key]
+        for key, log in list(self._logs.items()):
+            if not log.pending and (not log.dates or log.dates[-1] <= now - self._horizon):
+                del self._logs[key]
         for key, until in list(self._paused.items()):
             if until <= now:
                 del self._paused[key]
         self._next_sweep = now + _SWEEP_EVERY
 
     def bucket_count(self) -> int:
-        """Number of keys with a live bucket (for tests and stats)."""
+        """Number of keys with a live log (for tests and stats)."""
         with self._lock:
-            return len(self._buckets)
+            return len(self._logs)

@@ -37,6 +37,7 @@ from ._retry import (
 )
 from ._slots import Lease, Permits, Slots
 from ._stats import StatsRecorder
+from ._wire import SENDING
 
 log = logging.getLogger("syncfetch")
 
@@ -346,10 +347,16 @@ class Pipeline:
         try:
             started = time.monotonic()
             attempt_timeout = _attempt_timeout(timeout, deadline)
-            try:
+            if token.handle is None:  # no rate limit: nothing to date
                 resp = adapter.send(request, timeout=attempt_timeout, **kwargs)
-            finally:
-                self.limiter.settle(token)
+            else:
+                # syncfetch's connections note on the token when the request left.
+                sending = SENDING.set(token)
+                try:
+                    resp = adapter.send(request, timeout=attempt_timeout, **kwargs)
+                finally:
+                    SENDING.reset(sending)
+                    self.limiter.settle(token)
             resp._syncfetch_wire_time = time.monotonic() - started  # type: ignore[attr-defined]
             try:
                 self._listen(key, resp)

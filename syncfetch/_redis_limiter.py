@@ -44,7 +44,7 @@ from pyrate_limiter import Rate
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from ._limiter import Token
+from ._limiter import DEFAULT_ARRIVAL, Token
 from ._redact import safe_url
 from ._shared_limiter import TICKET_GRACE_MS, SharedLimiter, raise_if_late
 
@@ -157,6 +157,18 @@ end
 return 0
 """
 
+# KEYS: 1 the bucket's sorted set. ARGV: 1 the new score (ms), 2 the member, 3 this
+# process's longest window (ms). Moves an entry that still exists (never re-adds a
+# trimmed one) and keeps the set alive until the entry has left every window.
+_SETTLE = """
+if redis.call('ZADD', KEYS[1], 'XX', 'CH', ARGV[1], ARGV[2]) == 0 then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.ceil(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1]) + tonumber(ARGV[3]) - now
+if ttl > redis.call('PTTL', KEYS[1]) then redis.call('PEXPIRE', KEYS[1], ttl) end
+return 1
+"""
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -182,6 +194,8 @@ class RedisLimiter(SharedLimiter):
         or a ``redis.Redis`` client (used as configured, and not closed by :meth:`close`).
     :param rates: binding rates, as returned by ``normalize_limits``.
     :param margin: seconds added to every window.
+    :param arrival: seconds after a send by which the server counts it (see
+        ``KeyedLimiter``).
     :param on_backend_error: ``"raise"`` or ``"fallback"`` (see ``SharedLimiter``).
     :param prefix: first part of every key this limiter writes.
     :param fair: use the ticket queue; ``False`` only to measure what it is for.
@@ -194,6 +208,7 @@ class RedisLimiter(SharedLimiter):
         *,
         margin: float = 0.0,
         on_backend_error: str = "raise",
+        arrival: float = DEFAULT_ARRIVAL,
         prefix: str = "syncfetch",
         fair: bool = True,
     ) -> None:
@@ -218,6 +233,7 @@ class RedisLimiter(SharedLimiter):
         super().__init__(
             rates,
             margin=margin,
+            arrival=arrival,
             on_backend_error=on_backend_error,
             name=name,
             errors=(redis.RedisError, OSError),
@@ -227,6 +243,7 @@ class RedisLimiter(SharedLimiter):
         self.fair = fair
         self._acquire_script = client.register_script(_ACQUIRE)
         self._pause_script = client.register_script(_PAUSE)
+        self._settle_script = client.register_script(_SETTLE)
         self._rate_args = [n for r in self.rates for n in (r.limit, r.interval)]
         # The epoch of the data set this process last saw (see _ACQUIRE). A str is
         # replaced whole, so threads need no lock to read or write it.
@@ -298,10 +315,9 @@ class RedisLimiter(SharedLimiter):
 
     def _settle(self, token: Token) -> None:
         handle: _Member = token.handle
-        new = self._settled_time(handle.score, handle.taken_at)
+        new = self._settled_time(token, handle.score, handle.taken_at)
         if new > handle.score:
-            # XX: only move an entry that still exists; never re-add a trimmed one.
-            self.client.zadd(handle.zkey, {handle.member: new}, xx=True)
+            self._settle_script([handle.zkey], [new, handle.member, self._horizon_ms])
 
     def _pause(self, key: str, seconds: float) -> None:
         ms = max(1, round(seconds * 1000))

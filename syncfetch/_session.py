@@ -9,7 +9,7 @@ import time
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from datetime import timedelta
 from typing import Any
@@ -21,13 +21,16 @@ from requests.adapters import BaseAdapter, HTTPAdapter
 
 from ._adaptive import Adaptive, AdaptiveLimiter
 from ._backends import make_limiter
+from ._exceptions import SessionClosed
 from ._executor import BoundedExecutor
+from ._limiter import DEFAULT_ARRIVAL
 from ._pipeline import CURRENT_CALL, Call, Pipeline
 from ._rates import LimitsArg, normalize_limits
 from ._result import Result
 from ._retry import RetryPolicy
 from ._slots import Slots
 from ._stats import Stats, StatsRecorder
+from ._wire import TimedAdapter
 
 
 class _Unset:
@@ -51,8 +54,8 @@ class _Unset:
 UNSET: Any = _Unset()
 
 DEFAULT_TIMEOUT = (3.05, 30.0)
-# Covers millisecond rounding of token times; the scheduling jitter between a token
-# and the server is covered by KeyedLimiter.settle.
+# Covers millisecond rounding of token times; the delay between a token and the
+# server counting its request is covered by dating it at the send (KeyedLimiter.settle).
 DEFAULT_MARGIN = 0.002
 
 
@@ -115,6 +118,9 @@ class Session(requests.Session):
         ``X-RateLimit-*`` headers report its quota spent, until the reset they give.
     :param adaptive: ``True`` or an :class:`Adaptive` to let each key's rate follow the
         server's throttling (the limits become a ceiling); ``None``/``False`` for off.
+    :param arrival_margin: seconds after a request leaves this process by which the
+        server is assumed to have counted it (its own stamping delay); each token is
+        dated that long after its request's send, and never later than its response.
     :raises ValueError: for an invalid argument, naming it.
     """
 
@@ -131,6 +137,7 @@ class Session(requests.Session):
         "on_backend_error",
         "rate_limit_headers",
         "adaptive",
+        "arrival_margin",
     ]
 
     def __init__(
@@ -147,6 +154,7 @@ class Session(requests.Session):
         on_backend_error: str = "raise",
         rate_limit_headers: bool = True,
         adaptive: Adaptive | bool | None = None,
+        arrival_margin: float = DEFAULT_ARRIVAL,
     ) -> None:
         if (
             isinstance(max_concurrency, bool)
@@ -164,6 +172,15 @@ class Session(requests.Session):
             raise ValueError(
                 f"max_workers must be None or a whole number >= 1, not {max_workers!r}"
             )
+        if (
+            isinstance(arrival_margin, bool)
+            or not isinstance(arrival_margin, (int, float))
+            or not 0 <= arrival_margin <= 60
+        ):
+            raise ValueError(
+                f"arrival_margin must be seconds between 0 and 60, not {arrival_margin!r}"
+            )
+        self.arrival_margin = float(arrival_margin)
         rates = normalize_limits(limits)
         policy = RetryPolicy.coerce(retry)
         self.timeout = _check_timeout(timeout)
@@ -194,7 +211,8 @@ class Session(requests.Session):
     def _default_adapter(self) -> HTTPAdapter:
         # pool_block stays False: the slots already cap connections per pool, and a
         # blocking pool would wait for ever (requests passes no pool timeout).
-        return HTTPAdapter(pool_maxsize=self.max_concurrency, max_retries=0)
+        # A TimedAdapter notes when each request leaves, to date its token by it.
+        return TimedAdapter(pool_maxsize=self.max_concurrency, max_retries=0)
 
     def _build_pipeline(self) -> None:
         self._gated: dict[int, tuple[BaseAdapter, _GatedAdapter]] = {}
@@ -207,6 +225,7 @@ class Session(requests.Session):
                 self.limits,
                 margin=DEFAULT_MARGIN,
                 on_backend_error=self.on_backend_error,
+                arrival=self.arrival_margin,
             ),
             slots=Slots(self.max_concurrency),
             per_host=self.per_host,
@@ -243,9 +262,12 @@ class Session(requests.Session):
         Items are pulled lazily, at most ``2 * max_workers`` ahead of what has been
         yielded (``8 * max_workers`` in order, so one slow item does not stall the
         workers), so a generator over millions of lines runs in constant memory. A
-        failed item is a result with ``error`` set; it never stops the batch. When
-        the loop ends early (``break``, an exception, Ctrl-C), items not yet started
-        are cancelled.
+        failed item is a result with ``error`` set; it never stops the batch. Each
+        worker takes the next item itself as soon as it is free. When the loop ends
+        early (``break``, an exception, Ctrl-C), no more items start. When
+        :meth:`close` is called meanwhile, items in flight end (``SessionClosed`` if
+        they were waiting) and every item not started yields a result whose error is
+        :class:`SessionClosed`, without being sent.
 
         :param items: URL strings, or :class:`requests.Request` objects for per-item
             method, headers and body.
@@ -263,7 +285,7 @@ class Session(requests.Session):
         # demo: an item failing six times stalled a 2 x workers window for 11 s). The
         # executor's own bound still caps calls in flight at 2 x workers.
         window = self._executor.max_pending * (4 if ordered else 1)
-        return self._executor.run_all(calls, ordered, window=window)
+        return self._executor.run_all(calls, ordered, window=window, cut_short=_cut_short)
 
     def _run_item(
         self, index: int, item: str | Request, method: str, kwargs: dict[str, Any]
@@ -436,6 +458,14 @@ class Session(requests.Session):
                 adapter.proxy_manager = {}
 
 
+def _cut_short(call: Callable[[], Result]) -> Result:
+    """The result of a ``map`` item that ``close()`` kept from starting."""
+    assert isinstance(call, functools.partial)
+    index, item = call.args[0], call.args[1]
+    error = SessionClosed("the session was closed before this item started")
+    return Result(index, item, None, error, 0, 0.0)
+
+
 def _merge(item: Request, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments for one Request item: its own fields win over the batch's."""
     merged = dict(kwargs)
@@ -489,6 +519,7 @@ def _end_waits_at_exit() -> None:
     # first, so exit never sits through a token, backoff or pause wait.
     for session in list(_SESSIONS):
         session._pipeline.closing.set()
+        session._executor.stop_runs()  # map runners waiting for the consumer end
 
 
 # threading._register_atexit is what concurrent.futures itself uses to stop its pools

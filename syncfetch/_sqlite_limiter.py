@@ -32,7 +32,7 @@ from typing import TypeVar
 
 from pyrate_limiter import Rate
 
-from ._limiter import Token
+from ._limiter import DEFAULT_ARRIVAL, Token
 from ._shared_limiter import TICKET_GRACE_MS, SharedLimiter, raise_if_late
 
 log = logging.getLogger("syncfetch")
@@ -151,6 +151,8 @@ class SQLiteLimiter(SharedLimiter):
     :param path: the database file (created with its tables if missing).
     :param rates: binding rates, as returned by ``normalize_limits``.
     :param margin: seconds added to every window.
+    :param arrival: seconds after a send by which the server counts it (see
+        ``KeyedLimiter``).
     :param on_backend_error: ``"raise"`` or ``"fallback"`` (see :class:`SharedLimiter`).
     :param busy_timeout: seconds to wait for another process's write lock before the
         backend counts as unavailable.
@@ -166,6 +168,7 @@ class SQLiteLimiter(SharedLimiter):
         *,
         margin: float = 0.0,
         on_backend_error: str = "raise",
+        arrival: float = DEFAULT_ARRIVAL,
         busy_timeout: float = 5.0,
         sweep_every: float = 5.0,
         fair: bool = True,
@@ -174,6 +177,7 @@ class SQLiteLimiter(SharedLimiter):
         super().__init__(
             rates,
             margin=margin,
+            arrival=arrival,
             on_backend_error=on_backend_error,
             name=f"sqlite:///{self.path}",
             errors=(sqlite3.Error, OSError),
@@ -400,7 +404,7 @@ class SQLiteLimiter(SharedLimiter):
 
     def _settle(self, token: Token) -> None:
         row: _Row = token.handle
-        new = self._settled_time(row.ts, row.taken_at)
+        new = self._settled_time(token, row.ts, row.taken_at)
         if new <= row.ts:
             return
         with self._lock, self._transaction() as conn:

@@ -427,19 +427,19 @@ def test_redis_script_flush_and_restart_mid_run(
 
 
 def test_redis_down_with_fallback_limits_per_process_and_warns_once(
-    server: ScriptedServer, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+    strict_server: ScriptedServer, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     import redis
 
     redis_server.stop()
     caplog.set_level(logging.INFO, "syncfetch")
-    server.limit([(5, 1.0)])
-    url = server.url_for("/x")
+    strict_server.limit([(5, 1.0)])
+    url = strict_server.url_for("/x")
     with syncfetch.Session("5/s", backend=redis_server.url, on_backend_error="fallback") as s:
         with ThreadPoolExecutor(4) as pool:
             statuses = list(pool.map(lambda _: s.get(url).status_code, range(12)))
         assert statuses == [200] * 12
-        assert server.count(status=429) == 0
+        assert strict_server.count(status=429) == 0
         warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1, [r.getMessage() for r in warnings]
         assert redis_server.url in warnings[0].getMessage()

@@ -31,36 +31,36 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_strict_server_sees_no_429_from_16_threads(server: ScriptedServer) -> None:
-    server.limit([(25, 1.0)])
-    url = server.url_for("/item")
+def test_strict_server_sees_no_429_from_16_threads(strict_server: ScriptedServer) -> None:
+    strict_server.limit([(25, 1.0)])
+    url = strict_server.url_for("/item")
     with syncfetch.Session("25/second", max_concurrency=16) as s:
         statuses = hammer(16, [lambda: s.get(url).status_code] * 100)
     assert statuses == [200] * 100
-    assert server.count(status=429) == 0
-    assert server.max_in_window(1.0) == 25
+    assert strict_server.count(status=429) == 0
+    assert strict_server.max_in_window(1.0) == 25
 
 
-def test_two_limits_both_hold_on_the_wire(server: ScriptedServer) -> None:
-    server.limit([(10, 1.0), (15, 3.0)])
-    url = server.url_for("/")
+def test_two_limits_both_hold_on_the_wire(strict_server: ScriptedServer) -> None:
+    strict_server.limit([(10, 1.0), (15, 3.0)])
+    url = strict_server.url_for("/")
     with syncfetch.Session(["10/s", "15/3s"], max_concurrency=8) as s:
         hammer(8, [lambda: s.get(url)] * 20)
-    assert server.count(status=429) == 0 and server.count() == 20
+    assert strict_server.count(status=429) == 0 and strict_server.count() == 20
 
 
-def test_retries_pay_tokens_too(server: ScriptedServer) -> None:
+def test_retries_pay_tokens_too(strict_server: ScriptedServer) -> None:
     # Each path fails twice before succeeding: 3 attempts per call, all rate limited.
-    server.limit([(15, 1.0)])
+    strict_server.limit([(15, 1.0)])
     for i in range(10):
-        server.script(f"/f{i}", Step(status=503), Step(status=500), Step())
+        strict_server.script(f"/f{i}", Step(status=503), Step(status=500), Step())
     with syncfetch.Session("15/s", max_concurrency=10) as s:
         statuses = hammer(
-            10, [lambda i=i: s.get(server.url_for(f"/f{i}")).status_code for i in range(10)]
+            10, [lambda i=i: s.get(strict_server.url_for(f"/f{i}")).status_code for i in range(10)]
         )
         attempts = s.stats.attempts
     assert statuses == [200] * 10 and attempts == 30
-    assert server.count() == 30 and server.count(status=429) == 0
+    assert strict_server.count() == 30 and strict_server.count(status=429) == 0
 
 
 def test_concurrency_is_capped_without_pool_warnings(
@@ -100,13 +100,13 @@ def test_redirect_chain_at_concurrency_one(server: ScriptedServer) -> None:
         assert s.stats.attempts == 6  # every hop pays: 3 hops x 2 calls
 
 
-def test_redirect_hops_take_tokens(server: ScriptedServer) -> None:
-    server.limit([(3, 1.0)])
+def test_redirect_hops_take_tokens(strict_server: ScriptedServer) -> None:
+    strict_server.limit([(3, 1.0)])
     for i in range(4):
-        server.script(f"/r{i}", Step(status=302, headers={"Location": f"/r{i + 1}"}))
+        strict_server.script(f"/r{i}", Step(status=302, headers={"Location": f"/r{i + 1}"}))
     with syncfetch.Session("3/s") as s:
-        assert s.get(server.url_for("/r0")).status_code == 200
-    assert server.count() == 5 and server.count(status=429) == 0
+        assert s.get(strict_server.url_for("/r0")).status_code == 200
+    assert strict_server.count() == 5 and strict_server.count(status=429) == 0
 
 
 def test_connection_reset_is_retried(server: ScriptedServer) -> None:
