@@ -616,3 +616,39 @@ def test_sqlite_max_wait_raises_rate_limit_exceeded_not_backend_unavailable(
             s.get(server.url)
     assert not isinstance(info.value, syncfetch.BackendUnavailable)
     assert 50 < (info.value.retry_after or 0) <= 60.1
+
+
+# -- dating tokens by their send ---------------------------------------------------------
+
+
+def test_sqlite_dates_a_token_by_its_send_however_late(tmp_path: Path) -> None:
+    limiter = SQLiteLimiter(tmp_path / "l.db", [Rate(5, 1000)], arrival=0.01)
+    token = limiter.acquire("k", None)
+    token.sent = token.handle.taken_at + 0.5  # a 500 ms local delay before the send
+    time.sleep(0.6)
+    limiter.settle(token)
+    conn = sqlite3.connect(tmp_path / "l.db")
+    [(ts, exp)] = conn.execute("SELECT ts, exp FROM syncfetch_log").fetchall()
+    conn.close()
+    limiter.close()
+    assert ts - token.handle.ts == 510 and exp == ts + 1000
+
+
+def test_redis_dates_a_token_by_its_send_and_keeps_it_alive(redis_server: RedisServer) -> None:
+    import redis
+
+    from syncfetch._redis_limiter import RedisLimiter
+
+    client = redis.Redis.from_url(redis_server.url)
+    limiter = RedisLimiter(client, [Rate(5, 1000)], arrival=0.01)
+    token = limiter.acquire("k", None)
+    token.sent = token.handle.taken_at + 0.5
+    time.sleep(0.6)
+    limiter.settle(token)
+    score = client.zscore(token.handle.zkey, token.handle.member)
+    ttl = client.pttl(token.handle.zkey)
+    limiter.close()
+    client.close()
+    assert score == token.handle.score + 510
+    # The set outlives the re-dated entry's window (510 ms later than its take).
+    assert ttl > 1000 + 510 - 600 - 50

@@ -346,3 +346,59 @@ def test_close_ends_a_call_waiting_for_a_token(server: ScriptedServer) -> None:
     assert len(errors) == 1 and isinstance(errors[0], syncfetch.SessionClosed)
     assert server.count() == 1
     s.close()
+
+
+def _noting_sends(s: syncfetch.Session) -> list[tuple[float | None, float]]:
+    """Record (token.sent, settle time) for every token the session settles."""
+    limiter: Any = s._pipeline.limiter
+    seen: list[tuple[float | None, float]] = []
+    settle = limiter.settle
+
+    def noting(token: Any) -> None:
+        seen.append((token.sent, time.monotonic()))
+        settle(token)
+
+    limiter.settle = noting
+    return seen
+
+
+def test_every_attempt_notes_when_its_request_left(server: ScriptedServer) -> None:
+    server.script("/slow", Step(delay=0.3))
+    server.script("/hop", Step(status=302, headers={"Location": "/slow"}))
+    server.script("/flaky", Step(status=503), Step())
+    with syncfetch.Session("100/s") as s:
+        seen = _noting_sends(s)
+        start = time.monotonic()
+        s.get(server.url_for("/slow"))  # a new connection
+        s.get(server.url_for("/slow"), stream=True).close()  # streamed, reused
+        s.get(server.url_for("/hop"))  # a redirect: two attempts
+        s.get(server.url_for("/flaky"))  # a retry: two attempts
+        s.get("http://upstream.test/slow", proxies={"http": server.url})  # via a proxy
+    assert len(seen) == 7
+    for sent, settled in seen:
+        assert sent is not None and start <= sent <= settled
+    # Each send is noted before the response: 300 ms before it for the three answers
+    # to /slow (the proxied path is the absolute URI, not scripted).
+    slow = [settled - sent for sent, settled in seen if sent is not None]
+    assert sum(1 for d in slow if d >= 0.3) == 3
+
+
+def test_a_user_mounted_adapter_falls_back_to_the_response_time(server: ScriptedServer) -> None:
+    with syncfetch.Session("100/s") as s:
+        s.mount("http://", requests.adapters.HTTPAdapter())
+        seen = _noting_sends(s)
+        s.get(server.url_for("/x"))
+    assert [sent for sent, _ in seen] == [None]
+
+
+def test_a_slow_server_is_not_charged_to_the_limit(server: ScriptedServer) -> None:
+    # Each answer 400 ms late: the token is dated by the send (+ 10 ms), not the answer.
+    server.script("/slow", Step(delay=0.4))
+    with syncfetch.Session("5/second") as s:
+        seen = _noting_sends(s)
+        s.get(server.url_for("/slow"))
+        [(sent, settled)] = seen
+        limiter: Any = s._pipeline.limiter
+        [date] = limiter._logs[f"http://127.0.0.1:{server.port}"].dates
+    assert sent is not None and settled - sent >= 0.4
+    assert date == pytest.approx(sent + 0.010)
