@@ -19,6 +19,7 @@ import compliance
 import executor
 import memory
 import overhead
+import timing
 from _report import Options, Table, render_markdown, render_text
 
 BENCHMARKS: dict[str, Callable[[Options], Table]] = {
@@ -27,6 +28,9 @@ BENCHMARKS: dict[str, Callable[[Options], Table]] = {
     "executor": executor.run,
     "memory": memory.run,
     "adaptive": adaptive.run,
+    "latency": timing.latency,
+    "busy": timing.busy,
+    "demo": timing.demo,
 }
 
 
