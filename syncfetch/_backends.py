@@ -28,7 +28,8 @@ def make_limiter(
 
     :param backend: see :data:`BACKEND_FORMS`.
     :param rates: the session's binding rates (possibly empty: pauses only).
-    :param margin: seconds added to every window (clock rounding).
+    :param margin: seconds added to every window of the shared backends (their clock
+        rounding; the in-memory limiter's dates are not rounded).
     :param arrival: seconds after a request leaves by which the server counts it.
     :param on_backend_error: ``"raise"`` (a call fails with ``BackendUnavailable``
         while the backend is unreachable) or ``"fallback"`` (limit per process in
@@ -40,7 +41,8 @@ def make_limiter(
             f"on_backend_error must be one of {ON_BACKEND_ERROR}, not {on_backend_error!r}"
         )
     if backend is None or backend == "memory":
-        return KeyedLimiter(rates, margin=margin, arrival=arrival)
+        # Its token dates are exact floats, not rounded ms: no margin to cover.
+        return KeyedLimiter(rates, arrival=arrival)
     if isinstance(backend, str) and backend.startswith("sqlite:///"):
         from ._sqlite_limiter import SQLiteLimiter
 

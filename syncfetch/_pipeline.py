@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from requests import PreparedRequest, Response
 from requests.adapters import BaseAdapter
 from requests.exceptions import RequestException
+from requests.structures import CaseInsensitiveDict
 from requests.utils import rewind_body
 from urllib3.util import Timeout as Urllib3Timeout
 
@@ -25,7 +26,7 @@ from ._adaptive import AdaptiveLimiter
 from ._body import consume_quietly, read_body
 from ._budget import BudgetTracker
 from ._exceptions import DeadlineExceeded, RateLimitExceeded, SessionClosed
-from ._feedback import is_throttle, server_wait
+from ._feedback import COOLDOWN_STATUSES, is_throttle, server_wait
 from ._limiter import Limiter, Token
 from ._redact import safe_url
 from ._retry import (
@@ -110,6 +111,17 @@ def _read_timeout(timeout: Any) -> float | None:
     if isinstance(timeout, tuple):
         timeout = timeout[1]
     return timeout if isinstance(timeout, (int, float)) else None
+
+
+def _mentions_quota(headers: Any) -> bool:
+    """Whether any header name could carry a quota (it mentions "rate" or "limit").
+
+    A parser of a new quota header must keep this true for its header's name.
+    """
+    # requests keeps lowercased names in CaseInsensitiveDict._store: one pass over them
+    # costs less than looking up each name the parsers know.
+    names = headers._store if isinstance(headers, CaseInsensitiveDict) else headers
+    return any("rate" in n or "limit" in n for n in map(str.lower, names))
 
 
 def _hold_until_closed(resp: Response, lease: Lease) -> None:
@@ -398,6 +410,8 @@ class Pipeline:
 
     def _listen(self, key: str, resp: Response) -> None:
         """Pause the whole key when the response asks for a wait (Retry-After, spent quota)."""
+        if resp.status_code not in COOLDOWN_STATUSES and not _mentions_quota(resp.headers):
+            return  # most responses: no header lookups at all
         policy = self.policy
         wait, why = server_wait(
             resp.status_code,

@@ -54,8 +54,9 @@ class _Unset:
 UNSET: Any = _Unset()
 
 DEFAULT_TIMEOUT = (3.05, 30.0)
-# Covers millisecond rounding of token times; the delay between a token and the
-# server counting its request is covered by dating it at the send (KeyedLimiter.settle).
+# Covers millisecond rounding of the shared backends' token times; the delay between a
+# token and the server counting its request is covered by dating it at the send
+# (KeyedLimiter.settle).
 DEFAULT_MARGIN = 0.002
 
 
