@@ -36,12 +36,15 @@ class Token:
     :ivar sent: ``time.monotonic()`` when the request's bytes were handed to the
         socket, noted by syncfetch's connections (``None`` until then, and for
         adapters that do not note it).
+    :ivar answered: ``time.monotonic()`` when the response's headers were read, noted
+        the same way.
     """
 
     key: str
     handle: Any
     waited: float
     sent: float | None = None
+    answered: float | None = None
 
 
 class Limiter(Protocol):
@@ -84,6 +87,17 @@ class Limiter(Protocol):
     def close(self) -> None:
         """Release connections and files."""
         ...
+
+
+def settled_date(token: Token, arrival: float, now: float) -> float:
+    """When ``token``'s request reached the server, at the latest (monotonic seconds).
+
+    Its send plus ``arrival``, and never later than its response (the headers' arrival
+    if noted, else ``now``, when the attempt is over).
+    """
+    answered = now if token.answered is None else min(token.answered, now)
+    sent = token.sent
+    return answered if sent is None else min(sent + arrival, answered)
 
 
 class _Log:
@@ -230,9 +244,7 @@ class KeyedLimiter:
         log: _Log | None = token.handle
         if log is None:
             return
-        now = self._clock()
-        sent = token.sent
-        date = now if sent is None else min(sent + self.arrival, now)
+        date = settled_date(token, self.arrival, self._clock())
         with self._lock:
             if log.pending.pop(token, 0) is None:
                 dates = log.dates

@@ -17,7 +17,7 @@ from pyrate_limiter import Rate
 from requests.exceptions import RequestException
 
 from ._exceptions import BackendUnavailable, RateLimitExceeded
-from ._limiter import DEFAULT_ARRIVAL, KeyedLimiter, Token
+from ._limiter import DEFAULT_ARRIVAL, KeyedLimiter, Token, settled_date
 
 log = logging.getLogger("syncfetch")
 T = TypeVar("T")
@@ -138,7 +138,7 @@ class SharedLimiter:
             return
         if isinstance(handle, _FallbackHandle):
             assert self._fallback is not None
-            handle.token.sent = token.sent
+            handle.token.sent, handle.token.answered = token.sent, token.answered
             self._fallback.settle(handle.token)
             return
         try:
@@ -270,9 +270,7 @@ class SharedLimiter:
         never earlier than the backend's time then; the backend's clock need not be
         read again, and wall-clock steps do not matter.
         """
-        now = time.monotonic()
-        sent = token.sent
-        date = now if sent is None else min(sent + self.arrival, now)
+        date = settled_date(token, self.arrival, time.monotonic())
         return taken_ms + max(0, math.ceil((date - taken_at) * 1000))
 
 

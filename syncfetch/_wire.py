@@ -26,21 +26,33 @@ SENDING: contextvars.ContextVar[Token | None] = contextvars.ContextVar(
 )
 
 
-class _TimedHTTPConnection(HTTPConnection):
+class _Timed(HTTPConnection):
+    """Notes on the token in :data:`SENDING` when the request left and the answer came."""
+
     def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        token = SENDING.get()
+        if token is not None:
+            token.answered = None  # (a second request on this attempt: only it counts)
         super().request(*args, **kwargs)
         # Headers and body have been handed to the socket by now.
-        token = SENDING.get()
         if token is not None:
             token.sent = time.monotonic()
 
-
-class _TimedHTTPSConnection(HTTPSConnection):
-    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        super().request(*args, **kwargs)
+    def getresponse(self) -> Any:
+        resp = super().getresponse()
+        # The status line and headers are in: the server counted the request before.
         token = SENDING.get()
-        if token is not None:
-            token.sent = time.monotonic()
+        if token is not None and token.sent is not None:
+            token.answered = time.monotonic()
+        return resp
+
+
+class _TimedHTTPConnection(_Timed):
+    pass
+
+
+class _TimedHTTPSConnection(_Timed, HTTPSConnection):
+    pass
 
 
 class _TimedHTTPPool(HTTPConnectionPool):

@@ -5,11 +5,14 @@ from __future__ import annotations
 import io
 import logging
 import pickle
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -402,3 +405,48 @@ def test_a_slow_server_is_not_charged_to_the_limit(server: ScriptedServer) -> No
         [date] = limiter._logs[f"http://127.0.0.1:{server.port}"].dates
     assert sent is not None and settled - sent >= 0.4
     assert date == pytest.approx(sent + 0.010)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_https_attempts_note_their_send(tmp_path: Path) -> None:
+    import ssl
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+    class Hello(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with syncfetch.Session("100/s") as s:
+            seen = _noting_sends(s)
+            url = f"https://127.0.0.1:{httpd.server_address[1]}/"
+            assert [s.get(url, verify=str(cert)).status_code for _ in range(2)] == [200, 200]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert len(seen) == 2 and all(sent is not None for sent, _ in seen)
