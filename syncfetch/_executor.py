@@ -87,6 +87,12 @@ class BoundedExecutor:
             self._gate.release()
             raise
         future.add_done_callback(lambda _: self._gate.release())
+        # Map runners waiting for their consumer hand a thread over to this call.
+        with self._lock:
+            runs = list(self._runs)
+        for run in runs:
+            with run.cond:
+                run.cond.notify_all()
         return future
 
     def _pool_submit(
@@ -255,6 +261,15 @@ class BoundedExecutor:
                         return
                     if run.pulled - run.yielded < run.window:
                         break
+                    if self._queued > run.queued:
+                        # Work is queued behind this idle runner (a submit() from the
+                        # consumer's loop, say): it goes to the back of the queue.
+                        run.runners -= 1
+                        try:
+                            self._start_runner(self._get_pool(), run)
+                        except RuntimeError:  # shut down: the consumer cuts the rest short
+                            cond.notify_all()
+                        return
                     cond.wait()
                 call = self._pull(run)
                 if call is None:

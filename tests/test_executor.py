@@ -332,3 +332,14 @@ def test_submit_gets_a_worker_while_a_long_map_runs() -> None:
         for _ in range(200):  # the map goes on; the submitted call runs meanwhile
             next(results)
         assert future.result(10).status_code == 200
+
+
+def test_submit_and_wait_inside_a_map_loop_does_not_deadlock() -> None:
+    # The consumer waits on a submitted call while every map worker waits for it.
+    with syncfetch.Session(max_concurrency=2) as s:
+        s.mount("mock://", CannedAdapter())
+        for n, result in enumerate(s.map(f"mock://h/{i}" for i in range(50))):
+            assert result.ok
+            if n % 10 == 0:
+                time.sleep(0.05)  # the window fills meanwhile
+                assert s.submit("GET", "mock://h/inner").result(10).status_code == 200
