@@ -187,10 +187,12 @@ class KeyedLimiter:
         """
         if not self.rates:
             return Token(key, None, 0.0)
-        start = self._clock()
+        start: float | None = None
         while True:
             with self._lock:
                 now = self._clock()
+                if start is None:
+                    start = now
                 if now >= self._next_sweep:
                     self._sweep(now)
                 log = self._logs.get(key)

@@ -357,7 +357,7 @@ class Pipeline:
         """
         handed_over = False
         try:
-            started = time.monotonic()
+            started = sent_at  # taken right after the token
             attempt_timeout = _attempt_timeout(timeout, deadline)
             if token.handle is None:  # no rate limit: nothing to date
                 resp = adapter.send(request, timeout=attempt_timeout, **kwargs)

@@ -226,7 +226,8 @@ class Session(requests.Session):
                 self.limits,
                 margin=DEFAULT_MARGIN,
                 on_backend_error=self.on_backend_error,
-                arrival=self.arrival_margin,
+                # (getattr: a session pickled before arrival_margin existed)
+                arrival=getattr(self, "arrival_margin", DEFAULT_ARRIVAL),
             ),
             slots=Slots(self.max_concurrency),
             per_host=self.per_host,
