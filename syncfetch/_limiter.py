@@ -9,6 +9,7 @@ module drives them directly and owns the waiting.
 from __future__ import annotations
 
 import bisect
+import collections
 import dataclasses
 import threading
 import time
@@ -24,6 +25,8 @@ from ._exceptions import RateLimitExceeded
 _SWEEP_EVERY = 10.0
 # Assumed time between a request leaving this process and the server counting it.
 DEFAULT_ARRIVAL = 0.010
+# Keys whose usual response time is kept (ResponseTimes); beyond, it starts afresh.
+_MAX_KEYS_TIMED = 4096
 
 
 @dataclasses.dataclass(eq=False)
@@ -89,15 +92,48 @@ class Limiter(Protocol):
         ...
 
 
-def settled_date(token: Token, arrival: float, now: float) -> float:
-    """When ``token``'s request reached the server, at the latest (monotonic seconds).
+class ResponseTimes:
+    """Dates tokens by their send, knowing each key's usual send-to-answer time.
 
-    Its send plus ``arrival``, and never later than its response (the headers' arrival
-    if noted, else ``now``, when the attempt is over).
+    The server counts a request somewhere between its send and its answer. A server
+    that always takes 50 ms to answer counts early in that span: the token is dated at
+    the send plus ``arrival``, and those 50 ms are not charged to the limit. When an
+    answer takes longer than the key's usual time (the least of its last 16), the
+    excess may have been spent before the server counted (a server thread waiting for
+    a core, say): the date moves later by that excess, never past the answer. A key's
+    first answer dates its token. Thread-safe.
     """
-    answered = now if token.answered is None else min(token.answered, now)
-    sent = token.sent
-    return answered if sent is None else min(sent + arrival, answered)
+
+    def __init__(self) -> None:
+        # _lock guards _recent (each key's last send-to-answer times).
+        self._lock = threading.Lock()
+        self._recent: dict[str, collections.deque[float]] = {}
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+
+    def date(self, token: Token, arrival: float, now: float) -> float:
+        """The date of ``token`` (monotonic seconds), its attempt being over at ``now``.
+
+        :param arrival: the margin for the server's stamping after the send.
+        """
+        answered = now if token.answered is None else min(token.answered, now)
+        sent = token.sent
+        if sent is None:
+            return answered  # the send was not noted: the answer is all we know
+        took = answered - sent
+        with self._lock:
+            recent = self._recent.get(token.key)
+            if recent is None:
+                if len(self._recent) >= _MAX_KEYS_TIMED:
+                    self._recent.clear()  # a crawl over many hosts: start afresh
+                recent = self._recent[token.key] = collections.deque(maxlen=16)
+                usual = 0.0
+            else:
+                usual = min(recent)
+            if token.answered is not None:
+                recent.append(took)
+        return min(answered, sent + arrival + max(0.0, took - usual))
 
 
 class _Log:
@@ -148,6 +184,7 @@ class KeyedLimiter:
         # so a check-and-take is atomic across threads. Never held while sleeping.
         self._lock = threading.Lock()
         self._logs: dict[str, _Log] = {}
+        self._times = ResponseTimes()
         self._paused: dict[str, float] = {}
         self._next_sweep = clock() + _SWEEP_EVERY
 
@@ -155,6 +192,7 @@ class KeyedLimiter:
         """In a forked child: a new lock (the parent may have held it at fork time), and
         the parent's in-flight tokens dated now (their threads do not exist here)."""
         self._lock = threading.Lock()
+        self._times.after_fork()
         now = self._clock()
         for log in self._logs.values():
             for _ in log.pending:
@@ -239,14 +277,16 @@ class KeyedLimiter:
         The server counts a request when it arrives: after the token was taken by
         however long the thread then waited (for the GIL, a connection; measured on
         loopback with 16 threads, up to 47 ms), and before the response. The date is
-        the send noted by the connection plus ``arrival`` (the server's stamping), and
-        never later than now; without a noted send, now. Either way at or after the
-        server's count, so our windows stay at or behind the server's.
+        the send noted by the connection plus ``arrival`` (the server's stamping), later
+        by any time the answer took beyond the key's usual, and never later than the
+        answer (see :class:`ResponseTimes`); without a noted send, the answer. Either
+        way at or after the server's count, so our windows stay at or behind the
+        server's.
         """
         log: _Log | None = token.handle
         if log is None:
             return
-        date = settled_date(token, self.arrival, self._clock())
+        date = self._times.date(token, self.arrival, self._clock())
         with self._lock:
             if log.pending.pop(token, 0) is None:
                 dates = log.dates

@@ -17,7 +17,7 @@ from pyrate_limiter import Rate
 from requests.exceptions import RequestException
 
 from ._exceptions import BackendUnavailable, RateLimitExceeded
-from ._limiter import DEFAULT_ARRIVAL, KeyedLimiter, Token, settled_date
+from ._limiter import DEFAULT_ARRIVAL, KeyedLimiter, ResponseTimes, Token
 
 log = logging.getLogger("syncfetch")
 T = TypeVar("T")
@@ -74,6 +74,7 @@ class SharedLimiter:
         self.rates = [Rate(r.limit, r.interval + margin_ms) for r in rates]
         self.name = name
         self.arrival = arrival
+        self._times = ResponseTimes()
         # Kept on the backend's keys beyond the longest window (ms); settle extends
         # the keys' lifetime itself when it dates a token later than that.
         self._settle_cap_ms = math.ceil(arrival * 1000)
@@ -177,6 +178,7 @@ class SharedLimiter:
     def after_fork(self) -> None:
         """In a forked child: new locks, and no connection inherited from the parent."""
         self._state_lock = threading.Lock()
+        self._times.after_fork()
         if self._fallback is not None:
             self._fallback.after_fork()
         self._reset_after_fork()
@@ -264,13 +266,14 @@ class SharedLimiter:
     def _settled_time(self, token: Token, taken_ms: int, taken_at: float) -> int:
         """The date of ``token``, taken at ``taken_ms`` on the backend's clock.
 
-        The send noted on the token plus ``arrival``, never later than now (see
-        ``KeyedLimiter.settle``), measured with the local monotonic clock from
-        ``taken_at``, a moment at or before the backend read its clock: so the result is
-        never earlier than the backend's time then; the backend's clock need not be
-        read again, and wall-clock steps do not matter.
+        The send noted on the token plus ``arrival``, later by any excess over the key's
+        usual answer time, never later than the answer (see ``ResponseTimes``), measured
+        with the local monotonic clock from ``taken_at``, a moment at or before the
+        backend read its clock: so the result is never earlier than the backend's time
+        then; the backend's clock need not be read again, and wall-clock steps do not
+        matter.
         """
-        date = settled_date(token, self.arrival, time.monotonic())
+        date = self._times.date(token, self.arrival, time.monotonic())
         return taken_ms + max(0, math.ceil((date - taken_at) * 1000))
 
 

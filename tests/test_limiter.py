@@ -171,17 +171,56 @@ def test_a_token_not_yet_sent_counts_as_sent_now_however_long_it_waits() -> None
     assert t.now - start >= 1.26 - 1e-9
 
 
+def answered_after(limiter: KeyedLimiter, t: FakeTime, latency: float) -> None:
+    """One request to "k" sent now and answered ``latency`` later."""
+    token = limiter.acquire("k", None)
+    token.sent = t.now
+    t.now += latency
+    token.answered = t.now
+    limiter.settle(token)
+
+
 def test_a_token_is_dated_by_its_send_plus_the_arrival_margin() -> None:
     t = FakeTime()
-    limiter = KeyedLimiter([Rate(1, 1000)], arrival=0.01, clock=t.clock, sleep=t.sleep)
+    limiter = KeyedLimiter([Rate(2, 1000)], arrival=0.01, clock=t.clock, sleep=t.sleep)
+    answered_after(limiter, t, 0.5)  # a server that takes 500 ms to answer
+    t.now += 5.0
     token = limiter.acquire("k", None)
     t.now += 3.0  # 3 s of local delay before the send
     token.sent = t.now
-    t.now += 0.5  # a slow server: its latency is not charged
+    t.now += 0.5  # as slow as usual: its latency is not charged
+    token.answered = t.now
     limiter.settle(token)
+    take(limiter, "k")
     start = t.now
     take(limiter, "k")
     assert t.now - start == pytest.approx(0.51)  # dated send + 10 ms, not response
+
+
+def test_the_first_answer_of_a_key_dates_its_token() -> None:
+    t = FakeTime()
+    limiter = KeyedLimiter([Rate(1, 1000)], arrival=0.01, clock=t.clock, sleep=t.sleep)
+    answered_after(limiter, t, 0.5)  # nothing known yet of this server
+    start = t.now
+    take(limiter, "k")
+    assert t.now - start == pytest.approx(1.0)
+
+
+def test_an_answer_slower_than_usual_moves_the_date_by_the_excess() -> None:
+    # The server usually answers in 2 ms; this answer took 40 ms: the 38 ms may have
+    # been spent before the server counted the request (a server thread waiting for a
+    # core), so the token is dated that much later than send + margin.
+    t = FakeTime()
+    limiter = KeyedLimiter([Rate(3, 1000)], arrival=0.01, clock=t.clock, sleep=t.sleep)
+    for _ in range(2):
+        answered_after(limiter, t, 0.002)
+        t.now += 2.0
+    answered_after(limiter, t, 0.040)
+    sent = t.now - 0.040
+    take(limiter, "k")
+    take(limiter, "k")
+    take(limiter, "k")
+    assert t.now == pytest.approx(sent + 0.040 + 1.0)  # dated by the answer, not send + 10 ms
 
 
 def test_a_token_is_never_dated_after_its_response() -> None:

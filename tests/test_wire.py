@@ -395,16 +395,20 @@ def test_a_user_mounted_adapter_falls_back_to_the_response_time(server: Scripted
 
 
 def test_a_slow_server_is_not_charged_to_the_limit(server: ScriptedServer) -> None:
-    # Each answer 400 ms late: the token is dated by the send (+ 10 ms), not the answer.
+    # Each answer 400 ms late, as usual for this server: once that is known (after the
+    # first answer), a token is dated by its send (+ 10 ms), not by its answer.
     server.script("/slow", Step(delay=0.4))
     with syncfetch.Session("5/second") as s:
         seen = _noting_sends(s)
         s.get(server.url_for("/slow"))
-        [(sent, settled)] = seen
+        s.get(server.url_for("/slow"))
         limiter: Any = s._pipeline.limiter
-        [date] = limiter._logs[f"http://127.0.0.1:{server.port}"].dates
-    assert sent is not None and settled - sent >= 0.4
-    assert date == pytest.approx(sent + 0.010)
+        first, second = limiter._logs[f"http://127.0.0.1:{server.port}"].dates
+    assert [settled - sent >= 0.4 for sent, settled in seen if sent] == [True, True]
+    assert first >= seen[0][0] + 0.4  # nothing known yet: the answer dates it  # type: ignore[operator]
+    # The second took about as long as the first: dated send + 10 ms, give or take
+    # the difference between the two answer times.
+    assert second - seen[1][0] < 0.010 + 0.1  # type: ignore[operator]
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
