@@ -121,7 +121,8 @@ class Session(requests.Session):
         server's throttling (the limits become a ceiling); ``None``/``False`` for off.
     :param arrival_margin: seconds after a request leaves this process by which the
         server is assumed to have counted it (its own stamping delay); each token is
-        dated that long after its request's send, and never later than its response.
+        dated that long after its request's send (later by any time its answer took
+        beyond the host's usual), and never later than its answer.
     :raises ValueError: for an invalid argument, naming it.
     """
 
