@@ -331,7 +331,11 @@ class KeyedLimiter:
             log = self._logs.get(key)
             if log is None:
                 log = self._logs[key] = _Log()
-            bisect.insort(log.dates, now)
+            dates = log.dates
+            cut = bisect.bisect_right(dates, now - self._horizon)  # no window counts them
+            if cut:
+                del dates[:cut]
+            bisect.insort(dates, now)
 
     def _sweep(self, now: float) -> None:
         for key, log in list(self._logs.items()):
