@@ -12,8 +12,8 @@ from ._limiter import MAX_PAUSE
 from ._retry import parse_retry_after
 
 #: Statuses whose ``Retry-After`` pauses the whole bucket key, not just the one request
-#: (418 with ``Retry-After`` is Binance's IP ban).
-COOLDOWN_STATUSES = frozenset({418, 429, 503})
+#: (403 with ``Retry-After`` is GitHub's secondary limit, 418 Binance's IP ban).
+COOLDOWN_STATUSES = frozenset({403, 418, 429, 503})
 
 # A reset above this is an epoch time, below it a delay: 1e9 s is September 2001,
 # while no provider asks for a delay of 30 years. Epoch milliseconds are above 1e12.
@@ -125,9 +125,9 @@ def server_wait(
 
 
 def is_throttle(status: int, headers: Mapping[str, str]) -> bool:
-    """429, a 418 with ``Retry-After`` (Binance's ban), or a 403 that reports a spent quota
-    (GitHub's form of throttling)."""
-    if status == 429 or (status == 418 and "Retry-After" in headers):
+    """429; a 403 or 418 with ``Retry-After`` (GitHub's secondary limit, Binance's ban); or a
+    403 that reports a spent quota (GitHub's primary limit)."""
+    if status == 429 or (status in (403, 418) and "Retry-After" in headers):
         return True
     return status == 403 and any(
         _number(headers.get(p + "Remaining")) == 0 for p in ("X-RateLimit-", "RateLimit-")

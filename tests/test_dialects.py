@@ -117,6 +117,9 @@ def test_server_wait_reads_the_dialects() -> None:
     assert wait(200, {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2s"})
     assert wait(200, {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset-After": "1.25"}) == 1.25
     assert wait(200, {"X-MBX-USED-WEIGHT-1M": "6000"}) is None  # the limit is not in headers
+    assert wait(403, {"Retry-After": "60"}) == 60.0  # GitHub's secondary limit
+    assert is_throttle(403, {"Retry-After": "60"})
+    assert not is_throttle(403, {"X-RateLimit-Remaining": "12"})
     assert is_throttle(418, {"Retry-After": "120"})
     assert not is_throttle(418, {})
     _, why = server_wait(
