@@ -97,6 +97,7 @@ class _Decision:
     state: list[tuple[Window, float, float]]  # (window, remaining, reset_in) that apply
     replayed: bool = False
     resource: int = 0
+    reply: tuple[int, dict[str, str], Any] = (0, {}, None)  # status, headers, body as sent
 
 
 class FakeServer(ProviderServer):
@@ -175,6 +176,9 @@ class FakeServer(ProviderServer):
             elif status == 200:
                 self._resources += 1
                 decision.resource = self._resources
+            if status != RESET:
+                decision.reply = answer(cfg.dialect, decision, cfg.retry_after)
+                status = decision.reply[0]  # recorded as sent: GitHub's 403, Shopify's 200
             self._arrivals.append(Arrival(now, method, path, status, cost, dict(headers)))
         return decision
 
@@ -395,7 +399,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.close()
             return
-        status, extra, body = answer(server.fake.dialect, decision, server.fake.retry_after)
+        status, extra, body = decision.reply
         data = b"" if self.command == "HEAD" else json.dumps(body).encode()
         lines = [
             f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}",
