@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import syncfetch
 from syncfetch.testing import FakeAPI, Window, go_duration
@@ -202,3 +204,63 @@ def test_the_fixture_is_registered_through_the_entry_point() -> None:
 
     plugins = {ep.name: ep.value for ep in entry_points(group="pytest11")}
     assert plugins.get("syncfetch") == "syncfetch.testing._plugin"
+
+
+# -- properties of the windows (hypothesis): the fake is exact -------------------------------
+
+arrival_gaps = st.lists(st.floats(min_value=0, max_value=0.5), min_size=1, max_size=120)
+amounts = st.integers(min_value=1, max_value=5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(arrival_gaps, st.integers(1, 10), st.sampled_from([0.5, 1.0, 2.0]), amounts)
+def test_a_sliding_window_never_admits_more_than_its_count(
+    gaps: list[float], count: int, seconds: float, amount: int
+) -> None:
+    meter = Meter(Window(count * amount, seconds, unit="cost"), start=0.0)
+    now, admitted = 0.0, []
+    for gap in gaps:
+        now += gap
+        if _admit(meter, now, amount):
+            admitted.append(now)
+    for i, t in enumerate(admitted):
+        inside = [u for u in admitted[: i + 1] if u > t - seconds]
+        assert len(inside) <= count
+
+
+@settings(max_examples=200, deadline=None)
+@given(arrival_gaps, st.integers(1, 10), st.sampled_from([0.5, 1.0, 2.0]))
+def test_a_fixed_window_admits_its_count_per_aligned_window(
+    gaps: list[float], count: int, seconds: float
+) -> None:
+    meter = Meter(Window(count, seconds, kind="fixed"), start=0.0)
+    now, per_window = 0.0, dict[int, int]()
+    for gap in gaps:
+        now += gap
+        wait = meter.wait(now, 1)
+        if wait == 0:
+            meter.take(now, 1)
+            index = int(now // seconds)
+            per_window[index] = per_window.get(index, 0) + 1
+        else:  # refused only when the window is full, and told when the next one starts
+            assert per_window.get(int(now // seconds), 0) == count
+            assert 0 < wait <= seconds
+    assert all(n <= count for n in per_window.values())
+
+
+@settings(max_examples=200, deadline=None)
+@given(arrival_gaps, st.integers(10, 100), st.sampled_from([1.0, 2.0]), amounts)
+def test_a_leaky_bucket_never_overdraws(
+    gaps: list[float], capacity: int, seconds: float, amount: int
+) -> None:
+    meter = Meter(Window(capacity, seconds, kind="leaky", unit="cost"), start=0.0)
+    now, spent = 0.0, []
+    for gap in gaps:
+        now += gap
+        if _admit(meter, now, amount):
+            spent.append((now, amount))
+    rate = capacity / seconds
+    for i, (t, _) in enumerate(spent):
+        for s, _ in spent[: i + 1]:
+            used = sum(a for u, a in spent[: i + 1] if u >= s)
+            assert used <= capacity + rate * (t - s) + 1e-6
