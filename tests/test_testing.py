@@ -90,6 +90,10 @@ def test_a_strict_limit_and_the_record() -> None:
         assert refused.headers["Retry-After"] == "1"
         api.clear()
         assert api.arrivals() == []
+        requests.get(api.url_for("/last"))
+    assert api.statuses() == [429] and api.url == ""  # the record outlives the server
+    with api:  # started again: fresh windows
+        assert requests.get(api.url_for("/again")).status_code == 200
 
 
 @pytest.mark.slow

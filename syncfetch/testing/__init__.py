@@ -204,8 +204,10 @@ class FakeAPI:
         return self
 
     def stop(self) -> None:
-        """Stop serving (idempotent). :meth:`arrivals` keeps answering with what was seen."""
+        """Stop serving (idempotent). :meth:`arrivals` keeps answering with what was seen;
+        :meth:`start` serves again, with fresh windows."""
         with self._lock:
+            self.url = ""
             if self._server is not None:
                 self._last = self._server.arrivals()
                 self._server.shutdown()
