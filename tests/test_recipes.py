@@ -86,7 +86,7 @@ def test_github_secondary_limit_403_with_retry_after_is_waited_out(fake_api: Fak
 
 def test_stripe(fake_api: FakeFactory) -> None:
     stripe = recipe("stripe")
-    api = fake_api("20/second", dialect="stripe", fail_rate=0.3, seed=7)
+    api = fake_api("20/second", dialect="stripe", fail_rate=0.2, lost_rate=0.2, seed=7)
     with stripe.make_session("20/second") as s:
         keys = [str(uuid.uuid4()) for _ in range(30)]
         answers = [stripe.create_charge(s, api.url, 100, key) for key in keys]
@@ -94,11 +94,27 @@ def test_stripe(fake_api: FakeFactory) -> None:
     by_key: dict[str, list[int]] = defaultdict(list)
     for a in api.arrivals():
         by_key[a.headers["idempotency-key"]].append(a.status)
-    # Every 503 was retried with the same key, and each key was charged exactly once.
+    # Every 503 and lost answer was retried with the same key, and each key was charged
+    # once: a charge whose answer was lost is replayed, not made again.
     assert set(by_key) == set(keys)
     assert all(statuses.count(200) == 1 and statuses[-1] == 200 for statuses in by_key.values())
-    assert api.count(status=503) > 0 and api.count(status=429) == 0
+    assert api.count(status=503) > 0 and api.count(status=0) > 0 and api.count(status=429) == 0
     assert len({r.json()["id"] for r in answers}) == 30
+    replayed = [r for r in answers if r.headers.get("Idempotent-Replayed") == "true"]
+    lost = [k for k, statuses in by_key.items() if 0 in statuses]
+    assert len(replayed) == len(lost) > 0
+
+
+def test_stripe_without_idempotency_keys_a_lost_answer_charges_twice(
+    fake_api: FakeFactory,
+) -> None:
+    api = fake_api(dialect="stripe", lost_rate=0.3, seed=1)
+    policy = syncfetch.RetryPolicy(retries=8, retry_non_idempotent=True)
+    with syncfetch.Session(retry=policy) as s:
+        ids = [s.post(api.url_for("/v1/charges")).json()["id"] for _ in range(10)]
+    # The fake can fail: retried blindly, a POST whose answer was lost made a second charge.
+    charges = api.count(status=200) + api.count(status=0)
+    assert len(set(ids)) == 10 and charges > 10
 
 
 def test_stripe_post_without_a_key_is_not_retried(fake_api: FakeFactory) -> None:

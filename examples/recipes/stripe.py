@@ -9,7 +9,9 @@ syncfetch retries a POST only when it carries an ``Idempotency-Key`` (sent uncha
 attempt), so give each logical operation its own key. A refused connection or connect timeout
 is retried even without one: nothing was sent.
 
-Run ``python examples/recipes/stripe.py``: a fake Stripe at 20/s failing 20% of requests.
+Run ``python examples/recipes/stripe.py``: a fake Stripe at 20/s that fails 20% of requests
+with a 503 and loses the answer to 10% more after charging: those retries are replayed, not
+charged again.
 """
 
 from __future__ import annotations
@@ -50,20 +52,20 @@ def create_charge(
 
 
 def main() -> None:
-    with (
-        FakeAPI("20/second", dialect="stripe", fail_rate=0.2) as api,
-        make_session("20/second") as s,
-    ):
+    fake = FakeAPI("20/second", dialect="stripe", fail_rate=0.2, lost_rate=0.1)
+    with fake as api, make_session("20/second") as s:
+        charge = api.url_for("/v1/charges")
         futures = [
-            s.submit(
-                "POST", api.url_for("/v1/charges"), headers={"Idempotency-Key": str(uuid.uuid4())}
-            )
+            s.submit("POST", charge, headers={"Idempotency-Key": str(uuid.uuid4())})
             for _ in range(40)
         ]
-        statuses = [f.result().status_code for f in futures]
+        answers = [f.result() for f in futures]
+        created = sum(r.status_code == 200 for r in answers)
+        replayed = sum(r.headers.get("Idempotent-Replayed") == "true" for r in answers)
         print(
-            f"{statuses.count(200)} of 40 charges created; {api.count()} requests, "
-            f"{api.count(status=503)} x 503 retried, {api.count(status=429)} x 429"
+            f"{created} of 40 charges created; {api.count()} requests, "
+            f"{api.count(status=503)} x 503 and {api.count(status=0)} lost answers retried; "
+            f"{replayed} charges replayed, not made twice"
         )
 
 

@@ -90,6 +90,9 @@ class FakeAPI:
     :param costs: the cost of a request per path prefix, ``{"/graphql": 10}``; default 1.
     :param fail_rate: share of admitted requests answered ``503``.
     :param reset_rate: share of admitted requests answered with a TCP reset.
+    :param lost_rate: share of admitted requests processed in full (a resource created, an
+        idempotency key remembered) whose answer is lost to a TCP reset: what makes a
+        retried POST dangerous without an ``Idempotency-Key``.
     :param latency: seconds slept before every answer.
     :param retry_after: send ``Retry-After`` on refusals (where the dialect does).
     :param ban_after: refusals in a row after which the client is banned (Binance's 418);
@@ -113,6 +116,7 @@ class FakeAPI:
         costs: Mapping[str, int] | None = None,
         fail_rate: float = 0.0,
         reset_rate: float = 0.0,
+        lost_rate: float = 0.0,
         latency: float = 0.0,
         retry_after: bool = True,
         ban_after: int | None = None,
@@ -124,11 +128,12 @@ class FakeAPI:
             raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}, not {dialect!r}")
         if window not in WINDOW_KINDS:
             raise ValueError(f"window must be one of {', '.join(WINDOW_KINDS)}, not {window!r}")
-        for name, rate in (("fail_rate", fail_rate), ("reset_rate", reset_rate)):
+        shares = (("fail_rate", fail_rate), ("reset_rate", reset_rate), ("lost_rate", lost_rate))
+        for name, rate in shares:
             if not 0 <= rate <= 1:
                 raise ValueError(f"{name} must be between 0 and 1, not {rate!r}")
-        if fail_rate + reset_rate > 1:
-            raise ValueError("fail_rate + reset_rate must be at most 1")
+        if fail_rate + reset_rate + lost_rate > 1:
+            raise ValueError("fail_rate + reset_rate + lost_rate must be at most 1")
         if not 0 <= latency <= 60:
             raise ValueError(f"latency must be 0 to 60 seconds, not {latency!r}")
         if ban_after is not None and ban_after < 0:
@@ -148,6 +153,7 @@ class FakeAPI:
             costs=tuple((costs or {}).items()),
             fail_rate=fail_rate,
             reset_rate=reset_rate,
+            lost_rate=lost_rate,
             latency=latency,
             retry_after=retry_after,
             dialect=dialect,

@@ -40,6 +40,8 @@ DIALECTS = (
     "salesforce",
     "binance",
 )
+# An admitted request processed in full whose answer is lost (the connection is reset).
+_LOST = -1
 # A fake provider outlives no test run: it stops by itself after this long, or when its
 # parent dies.
 MAX_LIFE = 3600.0
@@ -60,6 +62,7 @@ class FakeConfig:
     costs: tuple[tuple[str, int], ...] = ()
     fail_rate: float = 0.0
     reset_rate: float = 0.0
+    lost_rate: float = 0.0
     latency: float = 0.0
     retry_after: bool = True
     dialect: str = "plain"
@@ -166,16 +169,19 @@ class FakeServer(ProviderServer):
                     status = self._draw(path)
             decision = _Decision(status, wait, cost, refused_by, [])
             decision.state = [(m.window, m.remaining(now), m.reset_in(now)) for m in meters]
+            processed = status in (200, _LOST)
             key = headers.get("idempotency-key")
-            if status == 200 and method == "POST" and key:
+            if processed and method == "POST" and key:
                 decision.replayed = key in self._idempotent
                 if not decision.replayed:
                     self._resources += 1
                     self._idempotent[key] = self._resources
                 decision.resource = self._idempotent[key]
-            elif status == 200:
+            elif processed:
                 self._resources += 1
                 decision.resource = self._resources
+            if status == _LOST:
+                status = decision.status = RESET
             if status != RESET:
                 decision.reply = answer(cfg.dialect, decision, cfg.retry_after)
                 status = decision.reply[0]  # recorded as sent: GitHub's 403, Shopify's 200
@@ -192,6 +198,8 @@ class FakeServer(ProviderServer):
             return RESET
         if draw < cfg.reset_rate + cfg.fail_rate:
             return 503
+        if draw < cfg.reset_rate + cfg.fail_rate + cfg.lost_rate:
+            return _LOST
         return 200
 
     def arrivals(self) -> list[Arrival]:
