@@ -2,7 +2,8 @@
 
 One command, ``python examples/flask_app.py``, starts a strict demo upstream (20 requests
 per sliding second, 429 above that), serves this app with Flask's threaded server on a
-free port, sends it 100 requests from 16 threads and prints what came back.
+free port, sends it 100 requests from 16 threads and prints what came back. With
+prometheus_client installed, the app also serves the session's metrics at ``/metrics``.
 
 Against a real API, serve ``app`` with gunicorn (threads share the session; each worker
 process has its own, so with an in-memory limiter give each worker its share of the
@@ -36,7 +37,22 @@ app.config["SYNCFETCH"] = {
     "max_concurrency": 8,
 }
 app.config["UPSTREAM_URL"] = os.environ.get("UPSTREAM_URL", "http://127.0.0.1:8001")
-syncfetch.flask.init_app(app)  # one session for this process, closed at exit
+session = syncfetch.flask.init_app(app)  # one session for this process, closed at exit
+
+try:  # /metrics for Prometheus, when prometheus_client is installed
+    import prometheus_client
+
+    import syncfetch.prometheus
+except ImportError:
+    pass
+else:
+    syncfetch.prometheus.instrument(session)
+
+    @app.get("/metrics")
+    def metrics() -> Any:
+        return prometheus_client.generate_latest(), {
+            "Content-Type": prometheus_client.CONTENT_TYPE_LATEST
+        }
 
 
 @app.get("/items/<int:item_id>")

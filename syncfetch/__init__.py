@@ -2,6 +2,7 @@
 
 from ._adaptive import Adaptive
 from ._budget import RetryBudget
+from ._events import Event
 from ._exceptions import (
     BackendUnavailable,
     DeadlineExceeded,
@@ -12,7 +13,7 @@ from ._rates import parse_rate
 from ._result import Result
 from ._retry import RetryPolicy
 from ._session import UNSET, Session
-from ._stats import Stats
+from ._stats import KeyStats, Stats
 from ._timing import is_testing, set_testing
 
 __version__ = "0.1.0"
@@ -21,6 +22,8 @@ __all__ = [
     "Adaptive",
     "BackendUnavailable",
     "DeadlineExceeded",
+    "Event",
+    "KeyStats",
     "RateLimitExceeded",
     "Result",
     "RetryBudget",

@@ -10,10 +10,14 @@ from ._limiter import KeyedLimiter, Limiter
 
 BACKEND_FORMS = (
     '"memory", "sqlite:///path/to/limits.db", "redis://host:port/db" '
-    "(also rediss:// and unix://), or a redis.Redis client"
+    '(also rediss:// and unix://), "redis+cluster://host:port[,host:port]", '
+    '"redis+sentinel://host:port/service_name" (also rediss+...), '
+    "or a redis.Redis or redis.cluster.RedisCluster client"
 )
 
 ON_BACKEND_ERROR = ("raise", "fallback")
+CLUSTER_PREFIXES = ("redis+cluster://", "rediss+cluster://")  # scale (issue 16)
+SENTINEL_PREFIXES = ("redis+sentinel://", "rediss+sentinel://")
 
 
 def make_limiter(
@@ -41,7 +45,15 @@ def make_limiter(
         return SQLiteLimiter(
             backend[len("sqlite:///") :], rates, margin=margin, on_backend_error=on_backend_error
         )
-    if isinstance(backend, str) and backend.startswith(("redis://", "rediss://", "unix://")):
+    # scale (issue 16): Redis Cluster gets hash-tagged keys; Sentinel URLs a RedisLimiter.
+    cluster_url = isinstance(backend, str) and backend.startswith(CLUSTER_PREFIXES)
+    if cluster_url or type(backend).__name__ == "RedisCluster":
+        from ._redis_cluster import RedisClusterLimiter
+
+        return RedisClusterLimiter(backend, rates, margin=margin, on_backend_error=on_backend_error)
+    if isinstance(backend, str) and backend.startswith(
+        ("redis://", "rediss://", "unix://", *SENTINEL_PREFIXES)
+    ):
         from ._redis_limiter import RedisLimiter
 
         return RedisLimiter(backend, rates, margin=margin, on_backend_error=on_backend_error)

@@ -17,9 +17,10 @@ from requests import Request
 
 from ._batch_input import BadLine, parse_line, read_items
 from ._batch_output import Previous, bad_record, reason, record
-from ._progress import ProgressLine, RecentRate, Ticker, duration
+from ._progress import ProgressLine, RecentRate, Ticker, status_text
 from ._result import Result
 from ._session import Session
+from ._shard import take_shard
 
 
 class BatchSession(Session):
@@ -66,17 +67,14 @@ class Tally:
     def line(self, session: Session, rate: float) -> str:
         """The progress line: done (of the total), recent rate, ETA, failures, 429s."""
         stats = session.stats
-        done = self.all_done
-        text = f"{done:,}"
-        if self.total is not None:
-            total = max(self.total, done)
-            text += f"/{total:,} ({100 * done / max(total, 1):.0f}%)"
-        text += f" done, {rate:.1f}/s"
-        if self.total is not None and rate > 0:
-            text += f", ETA {duration((max(self.total, done) - done) / rate)}"
-        return (
-            f"{text}, {self.all_failed:,} failed, {stats.retries:,} retries, "
-            f"{stats.responses_429:,} x 429, {duration(time.monotonic() - self.started)} elapsed"
+        return status_text(
+            self.all_done,
+            self.total,
+            rate,
+            self.all_failed,
+            stats.retries,
+            stats.responses_429,
+            time.monotonic() - self.started,
         )
 
     def summary(self, session: Session) -> str:
@@ -151,9 +149,11 @@ def run_fetch(
     redact_query: bool,
     tally: Tally,
     progress: ProgressLine,
+    shard: tuple[int, int] | None = None,
 ) -> Tally:
     """Fetch every item of ``source`` with no record yet, writing one line per item to ``out``.
 
+    :param shard: ``(k, n)`` to fetch only every n-th item from the k-th (``--shard``).
     :raises Interrupted: on SIGINT/SIGTERM, after the line being written is complete.
     """
     skip = tally.previous.indices
@@ -172,7 +172,7 @@ def run_fetch(
 
     def items() -> Iterator[str | Request]:
         position = 0
-        for number, text in read_items(source):
+        for number, text in take_shard(read_items(source), shard):
             if number in skip:
                 continue
             try:
@@ -191,7 +191,7 @@ def run_fetch(
     def draw() -> None:
         progress.draw(tally.line(session, recent.rate(tally.done)))
 
-    kwargs = {"headers": headers} if headers else {}
+    kwargs: dict[str, Any] = {"headers": headers} if headers else {}
     with signals, Ticker(draw) if progress.enabled else contextlib.nullcontext():
         for result in session.map(items(), method, ordered=False, **kwargs):
             write(record(result, lines.pop(result.index), method, with_body, redact_query))

@@ -44,6 +44,8 @@ def read_body(resp: Response, deadline: float | None, read_timeout: float | None
                     "deadline passed while reading the response body", response=resp
                 )
             _set_socket_timeout(raw, left if read_timeout is None else min(left, read_timeout))
+            # decode_content: requests' adapter builds the raw response undecoded and
+            # decodes while iterating; reading raw ourselves, we must ask for it.
             data = raw.read1(_CHUNK, decode_content=True)
             if not data:
                 break

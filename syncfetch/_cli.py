@@ -20,6 +20,7 @@ from ._demo import add_demo_arguments, demo_main
 from ._progress import LineHandler, ProgressLine
 from ._rates import normalize_limits, parse_rate
 from ._retry import RetryPolicy
+from ._shard import add_merge_arguments, add_shard_arguments, merge_main, shard_total
 
 log = logging.getLogger("syncfetch")
 
@@ -212,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also log every retry and pause (default: warnings only)",
     )
+    add_shard_arguments(fetch)
+    add_merge_arguments(sub.add_parser("merge", help="put the parts of a sharded crawl together"))
     demo = sub.add_parser("demo", help="syncfetch vs common recipes on a strict local API")
     add_demo_arguments(demo)
     return parser
@@ -272,11 +275,11 @@ def _logging_to(line: ProgressLine, level: int) -> Iterator[None]:
         log.setLevel(saved)
 
 
-def _count_in_background(tally: Tally, path: str) -> None:
+def _count_in_background(tally: Tally, path: str, shard: tuple[int, int] | None) -> None:
     """Set ``tally.total`` once INPUT is counted, without delaying the first request."""
 
     def count() -> None:
-        tally.total = count_items(path)
+        tally.total = shard_total(count_items(path), shard)
 
     threading.Thread(target=count, name="syncfetch-count", daemon=True).start()
 
@@ -372,7 +375,7 @@ def _fetch_from(args: argparse.Namespace, line: ProgressLine, source: IO[bytes])
                     args.output,
                 )
             if line.enabled and args.input != "-":
-                _count_in_background(tally, args.input)
+                _count_in_background(tally, args.input, args.shard)
             with out:
                 try:
                     run_fetch(
@@ -385,6 +388,7 @@ def _fetch_from(args: argparse.Namespace, line: ProgressLine, source: IO[bytes])
                         redact_query=args.redact,
                         tally=tally,
                         progress=line,
+                        shard=args.shard,
                     )
                 except KeyboardInterrupt as exc:
                     line.clear()
@@ -414,4 +418,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fetch_main(args)
     if args.command == "demo":
         return demo_main(args)
+    if args.command == "merge":
+        return merge_main(args)
     return 2  # pragma: no cover - argparse rejects unknown commands

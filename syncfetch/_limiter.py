@@ -85,8 +85,9 @@ class Limiter(Protocol):
         """
         ...
 
-    def paused_for(self, key: str) -> float:
-        """Seconds left of a pause on ``key`` (0 when there is none)."""
+    def paused_for(self, key: str, deadline: float | None = None) -> float:
+        """Seconds left of a pause on ``key`` (0 when there is none); a shared backend
+        is not waited on past ``deadline`` (``time.monotonic()``; ``None``: its own timeouts)."""
         ...
 
     def after_fork(self) -> None:
@@ -151,8 +152,8 @@ class KeyedLimiter:
             if until > self._paused.get(key, 0.0):
                 self._paused[key] = until
 
-    def paused_for(self, key: str) -> float:
-        """Seconds left of a pause on ``key`` (0 when there is none)."""
+    def paused_for(self, key: str, deadline: float | None = None) -> float:
+        """Seconds left of a pause on ``key`` (0 when there is none); never waits."""
         # A dict read is atomic under the GIL: no lock on this per-call path.
         until = self._paused.get(key)
         return 0.0 if until is None else max(0.0, until - self._clock())
@@ -211,6 +212,20 @@ class KeyedLimiter:
                 del items[i]
                 item.timestamp = new
                 bisect.insort(items, item, key=_by_timestamp)
+
+    def record(self, key: str) -> None:
+        """Count a token for ``key`` taken now elsewhere (a shared backend), even past the
+        limit: if the backend fails, this process's recent sends still count here."""
+        if not self.rates:
+            return
+        with self._lock:
+            item = RateItem(key, math.ceil(self._clock() * 1000))
+            if item.timestamp >= self._next_sweep * 1000:  # keeps the recorded log bounded
+                self._sweep(item.timestamp / 1000)
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                bucket = self._buckets[key] = InMemoryBucket(self.rates)
+            bisect.insort(bucket.items, item, key=_by_timestamp)
 
     def _try_take(self, key: str, item: RateItem) -> float:
         """Put ``item`` in ``key``'s bucket; return 0 on success or the seconds to wait."""

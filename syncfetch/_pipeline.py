@@ -24,6 +24,7 @@ from . import _timing
 from ._adaptive import AdaptiveLimiter
 from ._body import consume_quietly, drain_undecoded, read_body
 from ._budget import BudgetTracker
+from ._events import MIN_WAIT, Event, Hub, redacted
 from ._exceptions import DeadlineExceeded, RateLimitExceeded, SessionClosed
 from ._feedback import is_throttle, server_wait
 from ._limiter import Limiter, Token
@@ -42,6 +43,7 @@ log = logging.getLogger("syncfetch")
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 SESSION_KEY = "*"
+_BUDGET_SPENT = "retry budget spent"
 
 
 @dataclasses.dataclass
@@ -51,6 +53,13 @@ class Call:
     owner: object
     deadline: float | None
     attempts: int = 0
+    #: The pipeline's ``closing`` event when the call first reached it: close() sets
+    #: that event and then installs a new one, so a call started before close() still
+    #: sees it set (in every wait, and before each attempt), and one started after
+    #: does not.
+    closing: threading.Event | None = None
+    #: Numbers the call's events (set only while an ``on_event`` hook is set).
+    id: int = 0
 
 
 #: The call being sent on this thread; redirect hops find their call's deadline here.
@@ -173,24 +182,57 @@ class Pipeline:
         self.adaptive = adaptive
         self.rate_limit_headers = rate_limit_headers
         self.budget = BudgetTracker(policy.budget) if policy.budget is not None else None
-        # Set by Session.close(): every limit, backoff and pause wait ends at once.
+        # Set by Session.close() (end_waits): every slot, limit, backoff and pause wait
+        # of the calls started so far ends at once. Replaced, never cleared, so each
+        # event is one generation of calls (see Call.closing).
         self.closing = threading.Event()
         limiter.sleep = self._sleep
+        if adaptive is not None:
+            adaptive._sleep = self._sleep
         self.limiter = limiter
         self.slots = slots
         self.per_host = per_host
         self.max_wait = max_wait
         self.stats = stats
+        self.hub = Hub()
+        # The hub while it has hooks, else None: the one test each emission point makes.
+        self.events: Hub | None = None
+
+    def set_hooks(self) -> None:
+        """Start or stop emitting events, after the hub's hooks changed."""
+        self.events = self.hub if self.hub.hooks or self.hub.senders else None
+        if hasattr(self.limiter, "on_backend"):
+            self.limiter.on_backend = self._on_backend if self.events is not None else None
+
+    def _on_backend(self, up: bool, reason: str) -> None:
+        events = self.events
+        if events is not None:
+            events.new("backend_up" if up else "backend_down", "", None, reason=reason)
 
     def after_fork(self) -> None:
         self.closing = threading.Event()
+        self.hub.after_fork()
         for part in (self.limiter, self.slots, self.stats, self.budget, self.adaptive):
             if part is not None:
                 part.after_fork()
 
+    def end_waits(self) -> None:
+        """Close the current generation: its waiters raise ``SessionClosed`` at once."""
+        self.closing.set()
+        self.slots.wake()
+
+    def _closing(self) -> threading.Event:
+        """The closing event of the call on this thread (its generation)."""
+        call = CURRENT_CALL.get()
+        if call is None:
+            return self.closing
+        if call.closing is None:
+            call.closing = self.closing
+        return call.closing
+
     def _sleep(self, seconds: float) -> None:
         """A limit wait: ends early, raising, when the session is closed."""
-        if self.closing.wait(seconds):
+        if self._closing().wait(seconds):
             raise SessionClosed("the session was closed while this call waited")
 
     def _requested_sleep(self, seconds: float) -> None:
@@ -198,8 +240,10 @@ class Pipeline:
         if seconds > 0 and not _timing.is_testing():
             self._sleep(seconds)
 
-    def _wait_out_pause(self, key: str, limit: float | None) -> None:
-        paused = self.limiter.paused_for(key)
+    def _wait_out_pause(
+        self, key: str, limit: float | None, request: PreparedRequest | None
+    ) -> None:
+        paused = self.limiter.paused_for(key, limit)
         if paused <= 0:
             return
         if paused > self.policy.retry_after_max or (
@@ -210,11 +254,23 @@ class Pipeline:
                 key=key,
                 retry_after=paused,
             )
-        self.stats.add(cooldown_wait=paused)
+        self.stats.add(key, cooldown_wait=paused)
+        events = self.events
+        if events is not None and paused >= MIN_WAIT and request is not None:
+            call = CURRENT_CALL.get()
+            events.new(
+                "wait",
+                key,
+                request.url,
+                method=request.method,
+                call=call.id if call is not None else 0,
+                seconds=paused,
+                wait="pause",
+            )
         self._requested_sleep(paused)
 
     def _admit(
-        self, key: str, deadline: float | None
+        self, key: str, deadline: float | None, request: PreparedRequest | None = None
     ) -> tuple[Permits, Token, float, dict[str, float]]:
         """Wait out a pause, then take a slot, wait for the adaptive pace, take a token.
 
@@ -224,21 +280,27 @@ class Pipeline:
         :returns: the slot, the token, the send time (for adaptive feedback) and the
             waits, for the stats recorded with the attempt's outcome.
         """
+        closing = self._closing()
+        if closing.is_set():
+            raise SessionClosed("the session was closed before this attempt")
         limit = None if self.max_wait is None else time.monotonic() + self.max_wait
         if deadline is not None:
             limit = deadline if limit is None else min(limit, deadline)
         # A pause that begins while this call waits for its slot or token does not stop
         # it: going back to wait would waste the token it holds (a window's worth, with
         # many threads waiting), which costs more than the one refusal it may collect.
-        self._wait_out_pause(key, limit)
+        self._wait_out_pause(key, limit, request)
         before_slot = time.monotonic()
-        slot = self.slots.acquire(None if limit is None else limit - before_slot, key)
+        slot = self.slots.acquire(None if limit is None else limit - before_slot, key, closing)
         got_slot = time.monotonic()
         try:
             paced = 0.0
             if self.adaptive is not None:
                 paced, _ = self.adaptive.acquire(key, limit)
             token = self.limiter.acquire(key, limit)
+            # A wait may have ended just as close() ran: nothing is sent after that.
+            if closing.is_set():
+                raise SessionClosed("the session was closed while this call waited")
         except BaseException:
             slot.release()
             raise
@@ -273,11 +335,23 @@ class Pipeline:
                     raise DeadlineExceeded(
                         f"deadline of {policy.deadline} s passed", request=request
                     )
-                slot, token, sent_at, counts = self._admit(key, deadline)
+                slot, token, sent_at, counts = self._admit(key, deadline, request)
             except RequestException as exc:
                 self.stats.add(
-                    requests=int(attempt == 1), rate_limited=int(isinstance(exc, RateLimitExceeded))
+                    key,
+                    requests=int(attempt == 1),
+                    rate_limited=int(isinstance(exc, RateLimitExceeded)),
                 )
+                if self.events is not None and isinstance(exc, RateLimitExceeded):
+                    self.events.new(
+                        "rate_limited",
+                        key,
+                        request.url,
+                        method=request.method,
+                        call=call.id if call is not None else 0,
+                        attempt=attempt,
+                        error=type(exc).__name__,
+                    )
                 if last is None or isinstance(exc, SessionClosed):
                     raise
                 return self._give_up(request, last, f"no capacity for a retry ({exc})")
@@ -286,6 +360,8 @@ class Pipeline:
             counts["retries"] = int(attempt > 1)
             if call is not None:
                 call.attempts += 1
+            if self.events is not None:
+                _emit_attempt(self.events, request, key, call, attempt, counts)
             outcome: Response | RequestException
             try:
                 outcome = self._attempt(
@@ -313,6 +389,15 @@ class Pipeline:
                 return outcome
             why = self._why_not_retry(key, attempt)
             if why:
+                if why is _BUDGET_SPENT and self.events is not None:
+                    self.events.new(
+                        "budget_spent",
+                        key,
+                        request.url,
+                        method=request.method,
+                        call=call.id if call is not None else 0,
+                        attempt=attempt,
+                    )
                 return self._give_up(request, outcome, why)
             waits = waits or policy.waits()
             wait = policy.jittered(next(waits))
@@ -371,7 +456,7 @@ class Pipeline:
                 self.limiter.settle(token)
             resp._syncfetch_wire_time = time.monotonic() - started  # type: ignore[attr-defined]
             try:
-                self._listen(key, resp)
+                self._listen(key, resp, request)
                 if not stream:
                     try:
                         read_body(resp, deadline, _read_timeout(attempt_timeout))
@@ -400,25 +485,54 @@ class Pipeline:
                     # makes the release happen once.
                     _hold_until_closed(resp, Lease(slot))
                     handed_over = True
-            self.stats.status(status, **counts)
+            self.stats.status(key, status, **counts)
+            if self.events is not None:
+                self._emit_outcome(request, key, resp, None)
             return resp
         except Exception as exc:
-            self.stats.error(exc, **counts)
+            self.stats.error(key, exc, **counts)
+            if self.events is not None:
+                self._emit_outcome(request, key, None, exc)
             raise
         finally:
             if not handed_over:
                 slot.release()
+
+    def _emit_outcome(
+        self,
+        request: PreparedRequest,
+        key: str,
+        resp: Response | None,
+        exc: BaseException | None,
+    ) -> None:
+        """A ``"response"`` (or ``"error"``) event for the attempt just made."""
+        events = self.events
+        if events is None:
+            return
+        call = CURRENT_CALL.get()
+        fields: dict[str, Any] = {
+            "method": request.method,
+            "call": call.id if call is not None else 0,
+            "attempt": call.attempts if call is not None else 0,
+        }
+        if resp is not None:
+            wire = getattr(resp, "_syncfetch_wire_time", None)
+            events.new(
+                "response", key, request.url, status=resp.status_code, seconds=wire, **fields
+            )
+        else:
+            events.new("error", key, request.url, error=type(exc).__name__, **fields)
 
     def _why_not_retry(self, key: str, attempt: int) -> str:
         """Why the attempt just failed may not be retried ("" when it may)."""
         if attempt > self.policy.retries:
             return "retries exhausted"
         if self.budget is not None and not self.budget.try_spend(key):
-            self.stats.add(budget_exhausted=1)
-            return "retry budget spent"
+            self.stats.add(key, budget_exhausted=1)
+            return _BUDGET_SPENT
         return ""
 
-    def _listen(self, key: str, resp: Response) -> None:
+    def _listen(self, key: str, resp: Response, request: PreparedRequest) -> None:
         """Pause the whole key when the response asks for a wait (Retry-After, spent quota)."""
         policy = self.policy
         wait, why = server_wait(
@@ -438,7 +552,11 @@ class Pipeline:
             if wait <= 0:
                 return
         self.limiter.pause(key, wait)
-        self.stats.add(cooldowns=1)
+        self.stats.add(key, cooldowns=1)
+        if self.events is not None:
+            self.events.new(
+                "pause", key, request.url, method=request.method, seconds=wait, reason=why
+            )
         log.info(
             "syncfetch: pausing every request to %s for %.2f s: %s",
             key,
@@ -462,7 +580,20 @@ class Pipeline:
             why,
             extra={"syncfetch_wait": wait, "syncfetch_attempt": attempt, "syncfetch_reason": why},
         )
-        self.stats.add(backoff_wait=wait)
+        key = bucket_key(request.url, self.per_host)
+        self.stats.add(key, backoff_wait=wait)
+        if self.events is not None:
+            call = CURRENT_CALL.get()
+            self.events.new(
+                "retry",
+                key,
+                request.url,
+                method=request.method,
+                call=call.id if call is not None else 0,
+                attempt=attempt,
+                seconds=wait,
+                reason=why,
+            )
         self._requested_sleep(wait)
         return True
 
@@ -470,7 +601,21 @@ class Pipeline:
         self, request: PreparedRequest, last: Response | RequestException, why: str
     ) -> Response:
         """End a call on its last retryable outcome: return the response, raise the error."""
-        self.stats.add(giveups=1)
+        key = bucket_key(request.url, self.per_host)
+        self.stats.add(key, giveups=1)
+        if self.events is not None:
+            call = CURRENT_CALL.get()
+            self.events.new(
+                "giveup",
+                key,
+                request.url,
+                method=request.method,
+                call=call.id if call is not None else 0,
+                attempt=call.attempts if call is not None else 0,
+                status=last.status_code if isinstance(last, Response) else None,
+                error=None if isinstance(last, Response) else type(last).__name__,
+                reason=why,
+            )
         outcome = last.status_code if isinstance(last, Response) else type(last).__name__
         if self.policy.retries:
             log.warning(
@@ -484,3 +629,23 @@ class Pipeline:
         if isinstance(last, Response):
             return last
         raise last
+
+
+def _emit_attempt(
+    events: Hub,
+    request: PreparedRequest,
+    key: str,
+    call: Call | None,
+    attempt: int,
+    waits: dict[str, float],
+) -> None:
+    """The waits an attempt was admitted after, then the attempt itself."""
+    method, number = request.method, call.attempts if call is not None else attempt
+    call_id = call.id if call is not None else 0
+    for name, wait in (("slot", waits["slot_wait"]), ("token", waits["token_wait"])):
+        if wait >= MIN_WAIT:
+            events.new(
+                "wait", key, request.url, method=method, call=call_id, seconds=wait, wait=name
+            )
+    event = Event("attempt", key, redacted(request.url), method, call_id, number)
+    events.attempt(event, request)

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import collections
+import importlib
 import logging
 import shutil
+import sys
 import threading
 import time
-from collections.abc import Callable
-from typing import IO
+from collections.abc import Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._result import Result
+    from ._session import Session
 
 CLEAR = "\r\x1b[K"
 
@@ -148,3 +154,93 @@ class Ticker:
         self._stop.set()
         self._thread.join(5)
         self._draw()  # the final counts
+
+
+def status_text(
+    done: int,
+    total: int | None,
+    rate: float,
+    failed: int,
+    retries: int,
+    responses_429: int,
+    elapsed: float,
+) -> str:
+    """The progress line: done (of the total), recent rate, ETA, failures, retries, 429s."""
+    text = f"{done:,}"
+    if total is not None:
+        total = max(total, done)
+        text += f"/{total:,} ({100 * done / max(total, 1):.0f}%)"
+    text += f" done, {rate:.1f}/s"
+    if total is not None and rate > 0:
+        text += f", ETA {duration((total - done) / rate)}"
+    return (
+        f"{text}, {failed:,} failed, {retries:,} retries, "
+        f"{responses_429:,} x 429, {duration(elapsed)} elapsed"
+    )
+
+
+def track(results: Iterator[Result], session: Session, total: int | None) -> Iterator[Result]:
+    """``results`` as they come, drawing progress on stderr when it is a terminal.
+
+    With tqdm installed, its bar (with failures, retries and 429s after it); otherwise
+    the line ``syncfetch fetch`` draws.
+    """
+    stream = sys.stderr
+    isatty = getattr(stream, "isatty", None)
+    if stream is None or isatty is None or not isatty():
+        yield from results
+        return
+    try:
+        tqdm: Any = importlib.import_module("tqdm").tqdm
+    except ImportError:
+        tqdm = None
+    stats = session.stats
+    base = (stats.retries, stats.responses_429)
+    done = failed = 0
+    started = time.monotonic()
+
+    def counts() -> tuple[int, int]:
+        stats = session.stats
+        return stats.retries - base[0], stats.responses_429 - base[1]
+
+    if tqdm is not None:
+        bar: Any = tqdm(total=total, file=stream, unit="item", dynamic_ncols=True)
+        shown = 0.0
+        try:
+            for result in results:
+                done += 1
+                failed += not result.ok
+                now = time.monotonic()
+                if now - shown >= 0.25:
+                    shown = now
+                    retries, r429 = counts()
+                    bar.set_postfix_str(
+                        f"{failed:,} failed, {retries:,} retries, {r429:,} x 429", refresh=False
+                    )
+                bar.update(1)
+                yield result
+            retries, r429 = counts()
+            bar.set_postfix_str(f"{failed:,} failed, {retries:,} retries, {r429:,} x 429")
+        finally:
+            bar.close()
+        return
+    line = ProgressLine(stream, enabled=True, tty=True)
+    recent = RecentRate()
+
+    def draw() -> None:
+        retries, r429 = counts()
+        line.draw(
+            status_text(
+                done, total, recent.rate(done), failed, retries, r429, time.monotonic() - started
+            )
+        )
+
+    try:
+        with Ticker(draw):
+            for result in results:
+                done += 1
+                failed += not result.ok
+                yield result
+    finally:
+        stream.write("\n")
+        stream.flush()

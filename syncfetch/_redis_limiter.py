@@ -25,8 +25,8 @@ backend errors come straight through; and it reads each client's own clock. Here
   forgotten ones would have left their windows (see ``_ACQUIRE``).
 
 Needs Redis >= 5 (scripts replicated by effects, so ``TIME`` may precede writes);
-tested with 7.0. Not supported: Redis Cluster (the epoch and quarantine keys are
-global, so a script's keys can span hash slots).
+tested with 7.0. Redis Cluster: ``_redis_cluster.RedisClusterLimiter`` (hash tags);
+Sentinel: a ``redis+sentinel://`` URL (``_redis_urls``).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import math
 import os
 import re
 import time
@@ -46,7 +47,8 @@ from redis.retry import Retry
 
 from ._limiter import Token
 from ._redact import safe_url
-from ._shared_limiter import TICKET_GRACE_MS, SharedLimiter, raise_if_late
+from ._redis_urls import PREFIXES, close_client, describe_client, make_client
+from ._shared_limiter import BACKEND_DEADLINE, TICKET_GRACE_MS, SharedLimiter, raise_if_late
 
 # KEYS: 1 the bucket's sorted set, 2 its pause, 3 its horizon, 4 the epoch, 5 the
 #       quarantine, 6 the bucket's queue (waiter -> ticket), 7 the queue's expiries
@@ -157,7 +159,64 @@ end
 return 0
 """
 
+# KEYS: the sorted sets. ARGV: 1 ttl (ms), then one age (ms) per key. Adds one entry per
+# key, dated that long before the server's now (tokens taken while Redis was away).
+_REPLAY = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.ceil(tonumber(t[2]) / 1000)
+for i, zkey in ipairs(KEYS) do
+  local member = 'replay:' .. string.format('%d', now) .. ':' .. i .. ':' .. ARGV[1 + i]
+  redis.call('ZADD', zkey, string.format('%d', now - tonumber(ARGV[1 + i])), member)
+  redis.call('PEXPIRE', zkey, tonumber(ARGV[1]))
+end
+return 0
+"""
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+# Default timeouts of a client built from a URL (seconds); a caller with less time left
+# (max_wait, deadline) shortens them for its own commands, down to _MIN_TIMEOUT: a reply
+# was measured reaching its thread 33 ms late on 2 busy cores (see _take), and a healthy
+# Redis must not look down to a caller with max_wait=0.
+_CONNECT_TIMEOUT = 1.0
+_SOCKET_TIMEOUT = 2.0
+_MIN_TIMEOUT = 0.25
+
+
+def _shorter(timeout: float | None, left: float) -> float:
+    return left if timeout is None else min(timeout, left)
+
+
+def _bounded(base: type[Any]) -> type[Any]:
+    """A subclass of redis-py connection class ``base`` whose commands are bounded by
+    the caller's time left (:data:`BACKEND_DEADLINE`): connect and socket timeouts
+    shrink to it (never under ``_MIN_TIMEOUT``), so a Redis that accepts connections
+    but never answers holds a call no longer than its ``max_wait`` or deadline."""
+
+    class Bounded(base):  # type: ignore[misc, valid-type]
+        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            conn: Any = self  # redis-py is untyped
+            bound = BACKEND_DEADLINE.get()
+            if bound is None or bound == math.inf:
+                if conn._sock is not None:
+                    conn._sock.settimeout(conn.socket_timeout)
+                super().send_packed_command(command, check_health)
+                return
+            if conn._sock is None:
+                left = max(bound - time.monotonic(), _MIN_TIMEOUT)
+                saved = (conn.socket_connect_timeout, conn.socket_timeout)
+                conn.socket_connect_timeout = _shorter(saved[0], left)
+                conn.socket_timeout = _shorter(saved[1], left)
+                try:
+                    conn.connect()
+                finally:
+                    conn.socket_connect_timeout, conn.socket_timeout = saved
+            left = max(bound - time.monotonic(), _MIN_TIMEOUT)
+            conn._sock.settimeout(_shorter(conn.socket_timeout, left))
+            super().send_packed_command(command, check_health)
+
+    Bounded.__name__ = Bounded.__qualname__ = f"Bounded{base.__name__}"
+    return Bounded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,40 +256,56 @@ class RedisLimiter(SharedLimiter):
         prefix: str = "syncfetch",
         fair: bool = True,
     ) -> None:
+        # scale (issue 16): cluster and sentinel URLs build their own client.
+        built = url_or_client if isinstance(url_or_client, str) else ""
+        if built.startswith(PREFIXES):
+            url_or_client = make_client(built)
+        else:
+            built = ""
         if isinstance(url_or_client, str):
             # Fail fast while Redis is down: redis-py's default is 10 retries with
-            # backoff, seconds per call. One retry is kept: after a Redis restart the
-            # pooled connection is dead and the retry reconnects.
-            client = redis.Redis.from_url(
+            # backoff, seconds per call. One retry is kept, on connection errors only:
+            # after a Redis restart the pooled connection is dead and the retry
+            # reconnects; a timeout is not retried (a hung Redis would double it).
+            pool = redis.ConnectionPool.from_url(
                 url_or_client,
-                socket_connect_timeout=1.0,
-                socket_timeout=2.0,
-                retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
+                socket_connect_timeout=_CONNECT_TIMEOUT,
+                socket_timeout=_SOCKET_TIMEOUT,
+                retry=Retry(
+                    ExponentialBackoff(cap=0.05, base=0.01),
+                    1,
+                    supported_errors=(redis.ConnectionError,),
+                ),
             )
+            pool.connection_class = _bounded(pool.connection_class)
+            client = redis.Redis(connection_pool=pool)
+            client.auto_close_connection_pool = True
             name = safe_url(url_or_client)
             self._owns_client = True
         else:
             client = url_or_client
-            kwargs = client.connection_pool.connection_kwargs
-            where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
-            name = f"redis {where}/{kwargs.get('db', 0)}"
-            self._owns_client = False
+            name = safe_url(built) if built else describe_client(client)  # scale (issue 16)
+            self._owns_client = bool(built)
         super().__init__(
             rates,
             margin=margin,
             on_backend_error=on_backend_error,
             name=name,
-            errors=(redis.RedisError, OSError),
+            # ValueError: redis-py reading a socket that close() shut under it
+            # ("I/O operation on closed file").
+            errors=(redis.RedisError, OSError, ValueError),
         )
         self.client = client
         self.prefix = prefix
         self.fair = fair
         self._acquire_script = client.register_script(_ACQUIRE)
         self._pause_script = client.register_script(_PAUSE)
+        self._replay_script = client.register_script(_REPLAY)
         self._rate_args = [n for r in self.rates for n in (r.limit, r.interval)]
-        # The epoch of the data set this process last saw (see _ACQUIRE). A str is
-        # replaced whole, so threads need no lock to read or write it.
-        self._epoch = ""
+        # The epoch of the data set this process last saw (see _ACQUIRE), per scope (one
+        # here, one per hash-tag group on a cluster). A str is replaced whole and a dict
+        # item set in one step, so threads need no lock to read or write them.
+        self._epochs: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"RedisLimiter({self.name!r}, {[str(r) for r in self.rates]})"
@@ -241,14 +316,21 @@ class RedisLimiter(SharedLimiter):
         digest = hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
         return f"{self.prefix}:{_UNSAFE.sub('_', key)[:64]}:{digest}"
 
+    def _scope(self, zkey: str) -> str:
+        """Prefix of the epoch and quarantine keys guarding bucket ``zkey``: one pair per
+        server here, one per hash-tag group on a cluster (every key a script touches must
+        be in one hash slot there)."""
+        return self.prefix
+
     def _take(self, key: str, deadline: float | None, start: float) -> Token:
         zkey = self.key_for(key)
+        scope = self._scope(zkey)
         keys = [
             zkey,
             zkey + ":pause",
             zkey + ":h",
-            self.prefix + ":epoch",
-            self.prefix + ":quarantine",
+            scope + ":epoch",
+            scope + ":quarantine",
             zkey + ":q",
             zkey + ":qexp",
             zkey + ":qseq",
@@ -274,14 +356,14 @@ class RedisLimiter(SharedLimiter):
                         self._horizon_ms,
                         self._settle_cap_ms,
                         os.urandom(8).hex(),
-                        self._epoch,
+                        self._epochs.get(scope, ""),
                         waiter,
                         budget,
                         *self._rate_args,
                     ],
                 )
                 taken, wait, now, epoch = int(reply[0]), int(reply[1]), int(reply[2]), reply[3]
-                self._epoch = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
+                self._epochs[scope] = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
                 if taken:
                     return Token(key, _Member(zkey, member, now, sent), time.monotonic() - start)
                 queued = bool(waiter)
@@ -291,7 +373,7 @@ class RedisLimiter(SharedLimiter):
             if queued:
                 # Best effort (the script already left the queue on a deadline; an
                 # abandoned ticket otherwise expires by itself).
-                with contextlib.suppress(redis.RedisError, OSError):
+                with contextlib.suppress(redis.RedisError, OSError, ValueError):
                     self.client.zrem(keys[5], waiter)
                     self.client.zrem(keys[6], waiter)
             raise
@@ -303,14 +385,27 @@ class RedisLimiter(SharedLimiter):
             # XX: only move an entry that still exists; never re-add a trimmed one.
             self.client.zadd(handle.zkey, {handle.member: new}, xx=True)
 
+    def _replay(self, ages: list[tuple[str, int]]) -> None:
+        ttl = self._horizon_ms + self._settle_cap_ms
+        # One script per scope: on a cluster every key of a script must be in one slot.
+        by_scope: dict[str, list[tuple[str, int]]] = {}
+        for key, age in ages:
+            zkey = self.key_for(key)
+            by_scope.setdefault(self._scope(zkey), []).append((zkey, age))
+        for group in by_scope.values():
+            for i in range(0, len(group), 500):
+                part = group[i : i + 500]
+                self._replay_script([z for z, _ in part], [ttl, *(age for _, age in part)])
+
     def _pause(self, key: str, seconds: float) -> None:
         ms = max(1, round(seconds * 1000))
         self._pause_script([self.key_for(key) + ":pause"], [ms])
 
     def _paused_for(self, key: str) -> float:
+        zkey = self.key_for(key)
         pipe = self.client.pipeline(transaction=False)
-        pipe.pttl(self.key_for(key) + ":pause")
-        pipe.pttl(self.prefix + ":quarantine")
+        pipe.pttl(zkey + ":pause")
+        pipe.pttl(self._scope(zkey) + ":quarantine")
         return max(0, *(int(ms) for ms in pipe.execute())) / 1000
 
     def _reset_after_fork(self) -> None:
@@ -320,4 +415,4 @@ class RedisLimiter(SharedLimiter):
 
     def _close(self) -> None:
         if self._owns_client:
-            self.client.close()
+            close_client(self.client)  # scale (issue 16): a sentinel client's sentinels too

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import math
 import os
@@ -10,7 +11,7 @@ import time
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from concurrent.futures import Future
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
@@ -22,10 +23,12 @@ from requests.adapters import BaseAdapter, HTTPAdapter
 
 from ._adaptive import Adaptive, AdaptiveLimiter
 from ._backends import BACKEND_FORMS, ON_BACKEND_ERROR, make_limiter
+from ._events import EventHook, hooks_of
 from ._exceptions import SessionClosed
 from ._executor import BoundedExecutor
 from ._limiter import KeyedLimiter, Limiter
-from ._pipeline import CURRENT_CALL, Call, Pipeline
+from ._pipeline import CURRENT_CALL, Call, Pipeline, bucket_key
+from ._progress import track
 from ._rates import LimitsArg, normalize_limits
 from ._result import Result
 from ._retry import RetryPolicy
@@ -254,6 +257,8 @@ class Session(requests.Session):
         ``X-RateLimit-*`` headers report its quota spent, until the reset they give.
     :param adaptive: ``True`` or an :class:`Adaptive` to let each key's rate follow the
         server's throttling (the limits become a ceiling); ``None``/``False`` for off.
+    :param on_event: a callable, or a list of them, handed an :class:`Event` for each
+        attempt, response, retry, give-up, pause and wait (see :meth:`add_event_hook`).
     :raises ValueError: for an invalid argument, naming it (also a ``sqlite:///`` path
         whose directory does not exist).
     :raises TypeError: for an argument of the wrong type, naming it.
@@ -305,7 +310,9 @@ class Session(requests.Session):
         on_backend_error: Literal["raise", "fallback"] = "raise",
         rate_limit_headers: bool = True,
         adaptive: Adaptive | bool | None = None,
+        on_event: EventHook | Iterable[EventHook] | None = None,
     ) -> None:
+        hooks = hooks_of(on_event)
         given = {
             "limits": limits,
             "per_host": per_host,
@@ -334,6 +341,8 @@ class Session(requests.Session):
         for prefix in ("https://", "http://"):
             self.mount(prefix, self._default_adapter())
         self._build_pipeline()
+        for hook in hooks:
+            self.add_event_hook(hook)
         _SESSIONS.add(self)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -396,6 +405,27 @@ class Session(requests.Session):
         if self.adaptive is not None:
             parts.append(f"adaptive={self.adaptive!r}")
         return f"<syncfetch.Session {' '.join(parts)}>"
+
+    def add_event_hook(self, hook: EventHook) -> None:
+        """Call ``hook(event)`` for every :class:`Event` of this session, from now on.
+
+        Hooks run on the thread where the event happens, so they should be quick; one
+        that raises is logged once and never breaks a call. Hooks are not pickled.
+
+        :raises TypeError: when ``hook`` is not callable.
+        """
+        if not callable(hook):
+            raise TypeError(f"hook must be callable, not {hook!r}")
+        self._pipeline.hub.add(hook)
+        self._pipeline.set_hooks()
+
+    def remove_event_hook(self, hook: EventHook) -> None:
+        """Stop calling ``hook``.
+
+        :raises ValueError: when it was not added.
+        """
+        self._pipeline.hub.remove(hook)
+        self._pipeline.set_hooks()
 
     def _default_adapter(self) -> HTTPAdapter:
         # pool_block stays False: the slots already cap connections per pool, and a
@@ -486,6 +516,8 @@ class Session(requests.Session):
                 old.limiter.sleep = _weak_sleep(old)
                 weakref.finalize(old, old.limiter.close)
         new.closing = old.closing
+        new.hub = old.hub  # event hooks stay with the session
+        new.set_hooks()
         self._gated = {}
         self._pipeline = new
 
@@ -505,6 +537,7 @@ class Session(requests.Session):
         method: str = "GET",
         *,
         ordered: bool = True,
+        progress: bool = False,
         **kwargs: Any,
     ) -> Iterator[Result]:
         """Fetch every item on the thread pool, yielding one :class:`Result` per item.
@@ -520,19 +553,31 @@ class Session(requests.Session):
             method, headers and body.
         :param method: method for URL-string items.
         :param ordered: yield in input order (``True``) or as completed (``False``).
+        :param progress: draw progress on stderr while it is a terminal (done, rate,
+            ETA when ``items`` has a length, failures, retries, 429s): tqdm's bar when
+            tqdm is installed, else the line ``syncfetch fetch`` draws.
         :param kwargs: request keyword arguments for every item (``timeout``, ``headers``...).
         :returns: an iterator of results, one per item.
         """
-        calls = (
+        calls: Iterator[Callable[[], Result]] = (
             functools.partial(self._run_item, index, item, method, kwargs)
             for index, item in enumerate(items)
         )
+        if self._pipeline.events is not None:
+            # Watched: each item runs in a copy of the caller's context, so that a trace
+            # span current around map() is the parent of the items' spans.
+            context = contextvars.copy_context()
+            calls = (functools.partial(context.copy().run, call) for call in calls)
         # In order, one item deep in its retries holds back every later result: a wider
         # window of finished results keeps the workers busy meanwhile (measured in the
         # demo: an item failing six times stalled a 2 x workers window for 11 s). The
         # executor's own bound still caps calls in flight at 2 x workers.
         window = self._executor.max_pending * (4 if ordered else 1)
-        return self._executor.run_all(calls, ordered, window=window)
+        results = self._executor.run_all(calls, ordered, window=window)
+        if progress:
+            total = len(items) if isinstance(items, Sized) else None
+            return track(results, self, total)
+        return results
 
     def _run_item(
         self, index: int, item: str | Request, method: str, kwargs: dict[str, Any]
@@ -544,6 +589,11 @@ class Session(requests.Session):
         token = CURRENT_CALL.set(call)
         used = getattr(item, "method", None) or method
         used = used.upper() if isinstance(used, str) else None  # as requests sends it
+        events = self._pipeline.events
+        if events is not None:
+            key = bucket_key(_item_url(item), self.per_host)
+            events.call_start(call, used, _item_url(item), key)
+        result: Result | None = None
         try:
             if isinstance(item, str):
                 resp = self.request(method, item, **kwargs)
@@ -555,10 +605,14 @@ class Session(requests.Session):
                     f"map() items must be URL strings or requests.Request, not {item!r}"
                 )
         except Exception as exc:
-            return Result(index, item, None, exc, call.attempts, time.monotonic() - start, used)
+            result = Result(index, item, None, exc, call.attempts, time.monotonic() - start, used)
+        else:
+            result = Result(index, item, resp, None, call.attempts, time.monotonic() - start, used)
         finally:
             CURRENT_CALL.reset(token)
-        return Result(index, item, resp, None, call.attempts, time.monotonic() - start, used)
+            if events is not None:
+                events.call_end(call, used, _item_url(item), key, start, result)
+        return result
 
     def close(self) -> None:
         """Cancel pool work not yet started, end every wait, close connections.
@@ -568,7 +622,7 @@ class Session(requests.Session):
         session may be used again afterwards, as a requests session may.
         """
         pipeline = self._pipeline
-        pipeline.closing.set()
+        pipeline.end_waits()
         try:
             self._executor.shutdown()
             pipeline.limiter.close()
@@ -578,8 +632,12 @@ class Session(requests.Session):
 
     @property
     def stats(self) -> Stats:
-        """A snapshot of this session's counters."""
-        return self._pipeline.stats.snapshot()
+        """A snapshot of this session's counters: the totals, and per key in ``by_key``."""
+        pipeline = self._pipeline
+        adaptive = pipeline.adaptive
+        return pipeline.stats.snapshot(
+            pipeline.limiter.paused_for, adaptive.rate if adaptive is not None else None
+        )
 
     def request(  # type: ignore[override]
         self,
@@ -636,14 +694,36 @@ class Session(requests.Session):
         if call is not None and call.owner is self:
             resp = super().send(request, **kwargs)  # a redirect hop of the current call
         else:
-            token = CURRENT_CALL.set(self._new_call())
+            call = self._new_call()
+            token = CURRENT_CALL.set(call)
             try:
-                resp = super().send(request, **kwargs)
+                if self._pipeline.events is None:
+                    resp = super().send(request, **kwargs)
+                else:
+                    resp = self._observed_send(call, request, kwargs)
             finally:
                 CURRENT_CALL.reset(token)
         wire = getattr(resp, "_syncfetch_wire_time", None)
         if wire is not None:
             resp.elapsed = timedelta(seconds=wire)
+        return resp
+
+    def _observed_send(
+        self, call: Call, request: PreparedRequest, kwargs: dict[str, Any]
+    ) -> Response:
+        """``send`` of a new call, between its ``call_start`` and ``call_end`` events."""
+        hub = self._pipeline.hub
+        key = bucket_key(request.url, self.per_host)
+        start = time.monotonic()
+        hub.call_start(call, request.method, request.url, key)
+        outcome: Response | BaseException | None = None
+        try:
+            resp = outcome = super().send(request, **kwargs)
+        except BaseException as exc:
+            outcome = exc
+            raise
+        finally:
+            hub.call_end(call, request.method, request.url, key, start, outcome)
         return resp
 
     def _new_call(self) -> Call:
@@ -748,6 +828,11 @@ def _backend_text(backend: Any) -> str:
     return repr(f"{scheme}://{netloc}{slash}{path}{qmark}{query}")
 
 
+def _item_url(item: object) -> str | None:
+    url = item if isinstance(item, str) else getattr(item, "url", None)
+    return url if isinstance(url, str) else None
+
+
 def _merge(item: Request, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments for one Request item: its own fields win over the batch's."""
     merged = dict(kwargs)
@@ -800,7 +885,7 @@ def _end_waits_at_exit() -> None:
     # The interpreter joins pool threads before atexit handlers run: end their waits
     # first, so exit never sits through a token, backoff or pause wait.
     for session in list(_SESSIONS):
-        session._pipeline.closing.set()
+        session._pipeline.end_waits()
 
 
 # threading._register_atexit is what concurrent.futures itself uses to stop its pools

@@ -3,6 +3,8 @@ per-process fallback limiter, and the fork hooks that keep their connections saf
 
 from __future__ import annotations
 
+import collections
+import contextvars
 import dataclasses
 import logging
 import math
@@ -24,6 +26,19 @@ T = TypeVar("T")
 
 # While a shared backend is down, "fallback" limiters probe it at most this often.
 RETRY_BACKEND_EVERY = 1.0
+
+#: While a caller waits on the backend (acquire, paused_for): the ``time.monotonic()``
+#: by which it must be answered (``math.inf``: no bound). ``None`` outside such a wait
+#: (settle, pause, clean-up), where the backend's own timeouts apply. The backends read
+#: it to bound their lock waits, busy retries and socket timeouts.
+BACKEND_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "syncfetch_backend_deadline", default=None
+)
+
+
+class OutOfTime(Exception):
+    """A backend wait (a lock, a busy file) outlasted the caller's deadline: the caller
+    gets ``RateLimitExceeded``; the backend is not counted as failed."""
 
 
 # Every shared limiter of this process, for the fork hooks at the end of this module
@@ -75,14 +90,34 @@ class SharedLimiter:
         # No rate counts an entry older than the longest window.
         self._horizon_ms = max((r.interval for r in self.rates), default=0)
         self._errors = errors
+        # The fallback also counts every token the backend grants (KeyedLimiter.record),
+        # so a switch to it mid-window does not start from an empty window. Its windows
+        # are longer by the settle cap: a backend token is recorded when taken, but the
+        # backend may re-date it up to the cap later.
         self._fallback = (
-            KeyedLimiter(rates, margin=margin) if on_backend_error == "fallback" else None
+            KeyedLimiter(rates, margin=margin + self._settle_cap_ms / 1000)
+            if on_backend_error == "fallback"
+            else None
         )
-        # _state_lock guards _down and _probe_at (the outage bookkeeping).
+        # _state_lock guards _down, _recovering, _probe_at and _outage (the outage
+        # bookkeeping).
         self._state_lock = threading.Lock()
         self._down = False
+        # Set while a thread writes _outage to the backend that seems back: meanwhile
+        # no fallback token is used (their callers go to the backend).
+        self._recovering = False
         self._probe_at = 0.0
+        # Tokens taken from the fallback, (key, time.monotonic()), within the longest
+        # window: written to the backend when it is back, before any token is taken
+        # from it, so the switch back does not spend the window twice.
+        self._outage: collections.deque[tuple[str, float]] = collections.deque()
+        # Held while _outage is written to the backend: a thread taking a token from the
+        # backend waits until the tokens taken before it are there.
+        self._recover_lock = threading.Lock()
         self.sleep: Callable[[float], None] = time.sleep
+        #: Told ``(up, reason)`` when the backend goes down or comes back; set by the
+        #: pipeline while an ``on_event`` hook is set, else None.
+        self.on_backend: Callable[[bool, str], None] | None = None
         _LIVE.add(self)
 
     # -- the Limiter protocol ------------------------------------------------------------
@@ -101,23 +136,54 @@ class SharedLimiter:
             # with KeyedLimiter, so no backend call at all.
             return Token(key, None, 0.0)
         start = time.monotonic()
-        if self._fallback is not None and self._skip_backend(start):
-            return self._fallback_acquire(key, deadline, start)
+        # A second round only when the backend came back while this call waited for a
+        # fallback token (that token then stays counted here, harmless): the backend,
+        # which now knows the outage's tokens, decides.
+        for last_round in (False, True):
+            if self._fallback is not None and self._skip_backend(time.monotonic()):
+                token = self._fallback_acquire(key, deadline, start, only_while_down=True)
+                if token is not None:
+                    return token
+            backend_token = self._backend_acquire(key, deadline, start, last_round)
+            if backend_token is not None:
+                return backend_token
+        raise AssertionError("unreachable: the last round always returns a token")
+
+    def _backend_acquire(
+        self, key: str, deadline: float | None, start: float, last_round: bool
+    ) -> Token | None:
+        """A token from the backend, or from the fallback if the backend fails.
+
+        :returns: ``None`` (not in the ``last_round``) when the backend failed, and came
+            back while this call waited for a fallback token.
+        """
+        bound = BACKEND_DEADLINE.set(math.inf if deadline is None else deadline)
         try:
+            if self._fallback is not None and (self._down or self._outage):
+                self._recover()
             token = self._take(key, deadline, start)
         except RequestException:
             # RateLimitExceeded (max_wait) and SessionClosed are answers, not backend
             # failures; requests' exceptions are OSErrors, so catch them first.
             raise
+        except OutOfTime as exc:
+            raise RateLimitExceeded(
+                f"rate-limit backend {self.name} stayed busy past max_wait", key=key
+            ) from exc
         except self._errors as exc:
+            self.sleep(0)  # closed meanwhile (close() cut the connection): SessionClosed
             self._mark_down(exc)
             if self._fallback is None:
                 raise BackendUnavailable(
                     f"rate-limit backend {self.name} is unavailable: {exc}"
                 ) from exc
-            return self._fallback_acquire(key, deadline, start)
+            return self._fallback_acquire(key, deadline, start, only_while_down=not last_round)
+        finally:
+            BACKEND_DEADLINE.reset(bound)
         if self._down:
             self._mark_up()
+        if self._fallback is not None:
+            self._fallback.record(key)
         return token
 
     def settle(self, token: Token) -> None:
@@ -156,24 +222,45 @@ class SharedLimiter:
         except self._errors as exc:
             self._mark_down(exc)
 
-    def paused_for(self, key: str) -> float:
+    def paused_for(self, key: str, deadline: float | None = None) -> float:
         """Seconds left of a pause on ``key`` set by any process (0 when there is none).
 
-        A backend failure is not raised here: the ``acquire`` that follows raises it
-        (or falls back); meanwhile the fallback limiter's pause, if any, answers.
+        With ``on_backend_error="fallback"``, a backend failure is not raised here: the
+        fallback limiter's pause, if any, answers.
+
+        :param deadline: ``time.monotonic()`` by which the backend must answer.
+        :raises RateLimitExceeded: when the backend stays busy past ``deadline``.
+        :raises BackendUnavailable: when the backend fails and ``on_backend_error="raise"``.
         """
         local = self._fallback.paused_for(key) if self._fallback is not None else 0.0
         if self._fallback is not None and self._down and time.monotonic() < self._probe_at:
             return local
+        bound = BACKEND_DEADLINE.set(math.inf if deadline is None else deadline)
         try:
             return max(local, self._paused_for(key))
+        except RequestException:
+            raise
+        except OutOfTime as exc:
+            raise RateLimitExceeded(
+                f"rate-limit backend {self.name} stayed busy past max_wait", key=key
+            ) from exc
         except self._errors as exc:
+            self.sleep(0)  # closed meanwhile: SessionClosed
             self._mark_down(exc)
+            if self._fallback is None:
+                # Not left to the acquire that follows: it would wait out a hung
+                # backend's timeout a second time.
+                raise BackendUnavailable(
+                    f"rate-limit backend {self.name} is unavailable: {exc}"
+                ) from exc
             return local
+        finally:
+            BACKEND_DEADLINE.reset(bound)
 
     def after_fork(self) -> None:
         """In a forked child: new locks, and no connection inherited from the parent."""
         self._state_lock = threading.Lock()
+        self._recover_lock = threading.Lock()
         if self._fallback is not None:
             self._fallback.after_fork()
         self._reset_after_fork()
@@ -198,6 +285,7 @@ class SharedLimiter:
         with self._state_lock:
             first = not self._down
             self._down = True
+            self._recovering = False
             self._probe_at = time.monotonic() + RETRY_BACKEND_EVERY
         if first:
             then = (
@@ -213,21 +301,92 @@ class SharedLimiter:
                 then,
                 extra={"syncfetch_backend": self.name},
             )
+            on_backend = self.on_backend
+            if on_backend is not None:
+                on_backend(False, f"{self.name}: {type(exc).__name__}: {exc}")
 
     def _mark_up(self) -> None:
         with self._state_lock:
             was_down, self._down = self._down, False
+            self._recovering = False
         if was_down:
             log.info(
                 "syncfetch: rate-limit backend %s is back",
                 self.name,
                 extra={"syncfetch_backend": self.name},
             )
+            on_backend = self.on_backend
+            if on_backend is not None:
+                on_backend(True, self.name)
 
-    def _fallback_acquire(self, key: str, deadline: float | None, start: float) -> Token:
+    def _fallback_acquire(
+        self, key: str, deadline: float | None, start: float, *, only_while_down: bool
+    ) -> Token | None:
+        """A token from the fallback, noted for the backend's return.
+
+        :returns: ``None`` if ``only_while_down`` and the backend came back meanwhile.
+        """
         assert self._fallback is not None
         token = self._fallback.acquire(key, deadline)
-        return Token(key, _FallbackHandle(token), time.monotonic() - start)
+        now = time.monotonic()
+        # Under the lock that _recover marks the backend up with: a fallback token is
+        # either in _outage before the backend is up (and written to it first), or not
+        # used at all.
+        with self._state_lock:
+            if only_while_down and (self._recovering or not self._down):
+                return None
+            outage = self._outage
+            outage.append((key, now))
+            while outage and (now - outage[0][1]) * 1000 >= self._horizon_ms:
+                outage.popleft()
+        return Token(key, _FallbackHandle(token), now - start)
+
+    def _recover(self) -> None:
+        """Write the tokens taken from the fallback within the longest window into the
+        backend (dated as late as settle could have dated them), so that everyone counts
+        them; no fallback token is used from then on, unless the backend fails again
+        (the caller's take marks it up or down). On failure the tokens are kept for the
+        next try."""
+        bound = BACKEND_DEADLINE.get()
+        wait = -1.0 if bound is None or bound == math.inf else max(0.0, bound - time.monotonic())
+        if not self._recover_lock.acquire(timeout=wait):
+            raise OutOfTime(f"{self.name}: tokens of the outage still being written")
+        try:
+            replayed = self._write_outage()
+        finally:
+            self._recover_lock.release()
+        if replayed:
+            log.info(
+                "syncfetch: %d tokens taken while %s was unavailable are now counted in it",
+                replayed,
+                self.name,
+                extra={"syncfetch_backend": self.name},
+            )
+
+    def _write_outage(self) -> int:
+        """The loop of :meth:`_recover`; caller holds ``_recover_lock``."""
+        replayed = 0
+        while True:
+            with self._state_lock:
+                self._recovering = self._down
+                taken, self._outage = self._outage, collections.deque()
+                if not taken:
+                    return replayed
+            now = time.monotonic()
+            ages = [
+                (key, max(0, math.floor((now - at) * 1000) - self._settle_cap_ms))
+                for key, at in taken
+                if (now - at) * 1000 < self._horizon_ms
+            ]
+            try:
+                if ages:
+                    self._replay(ages)
+            except BaseException:
+                with self._state_lock:
+                    taken.extend(self._outage)
+                    self._outage = taken
+                raise
+            replayed += len(ages)
 
     def backend_down(self) -> bool:
         """Whether the last use of the backend failed (for tests and stats)."""
@@ -245,6 +404,10 @@ class SharedLimiter:
         raise NotImplementedError
 
     def _paused_for(self, key: str) -> float:
+        raise NotImplementedError
+
+    def _replay(self, ages: list[tuple[str, int]]) -> None:
+        """Add one token per ``(key, age in ms)``, dated that long before the backend's now."""
         raise NotImplementedError
 
     def _reset_after_fork(self) -> None:

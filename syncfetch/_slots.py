@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from ._exceptions import RateLimitExceeded
+from ._exceptions import RateLimitExceeded, SessionClosed
 
 
 class Lease:
@@ -39,7 +39,11 @@ class Permits:
         self._cond = threading.Condition(threading.Lock())
         self._waiters = 0
 
-    def acquire(self, timeout: float | None) -> bool:
+    def acquire(self, timeout: float | None, closing: threading.Event | None = None) -> bool:
+        """Take a permit; False when ``timeout`` passes first.
+
+        :raises SessionClosed: when ``closing`` is set while waiting (see :meth:`wake_all`).
+        """
         try:
             self._free.pop()
             return True
@@ -50,6 +54,10 @@ class Permits:
             self._waiters += 1
             try:
                 while True:
+                    # Checked under _cond's lock, and wake_all notifies under it after
+                    # the event is set: a close() cannot slip between check and wait.
+                    if closing is not None and closing.is_set():
+                        raise SessionClosed("the session was closed while this call waited")
                     try:
                         self._free.pop()
                         return True
@@ -68,6 +76,11 @@ class Permits:
             with self._cond:
                 self._cond.notify()
 
+    def wake_all(self) -> None:
+        """Wake every waiter, so each re-checks its ``closing`` event (set before this)."""
+        with self._cond:
+            self._cond.notify_all()
+
 
 class Slots:
     """At most ``size`` attempts in flight across all threads of a session."""
@@ -80,7 +93,13 @@ class Slots:
         """Start afresh in a forked child: leases held by parent threads never come back."""
         self._sem = Permits(self.size)
 
-    def acquire(self, timeout: float | None, key: str) -> Permits:
+    def wake(self) -> None:
+        """Wake every waiter (``close()``: waiters whose ``closing`` is set raise)."""
+        self._sem.wake_all()
+
+    def acquire(
+        self, timeout: float | None, key: str, closing: threading.Event | None = None
+    ) -> Permits:
         """Wait for a slot; give it back with ``release()`` on the returned permits.
 
         The permits are returned (not stored) so a slot taken before a fork is given
@@ -88,10 +107,13 @@ class Slots:
 
         :param timeout: seconds to wait at most, or ``None`` to wait as long as it takes.
         :param key: bucket key, for the error message.
+        :param closing: the call's closing event: once set (and :meth:`wake` called),
+            the wait ends.
         :raises RateLimitExceeded: when no slot frees up in time.
+        :raises SessionClosed: when ``closing`` is set while waiting.
         """
         sem = self._sem
-        if not sem.acquire(None if timeout is None else max(0.0, timeout)):
+        if not sem.acquire(None if timeout is None else max(0.0, timeout), closing):
             raise RateLimitExceeded(
                 f"no concurrency slot for {key} within max_wait ({self.size} in flight)",
                 key=key,

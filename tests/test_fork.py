@@ -150,3 +150,25 @@ def test_executor_used_before_fork_runs_map_in_child(server: ScriptedServer) -> 
 
         code, report, _ = run_in_child(child)
         assert code == 0, report
+
+
+def test_event_hooks_work_in_forked_child(server: ScriptedServer) -> None:
+    kinds: list[str] = []
+    session = syncfetch.Session(on_event=lambda e: kinds.append(e.kind))
+    session.get(server.url_for("/a"))
+    assert "call_end" in kinds
+    # A hook being added while the fork happens leaves the hub's lock held in the child.
+    session._pipeline.hub._lock.acquire()
+    try:
+
+        def body() -> None:
+            kinds.clear()
+            session.add_event_hook(lambda e: None)
+            session.get(server.url_for("/b"))
+            assert kinds.count("call_end") == 1, kinds
+
+        code, error, _ = run_in_child(body)
+    finally:
+        session._pipeline.hub._lock.release()
+    assert code == 0, error
+    session.close()

@@ -2,4 +2,4 @@ from django.urls import path
 
 from demo import views
 
-urlpatterns = [path("items/<int:item_id>", views.item)]
+urlpatterns = [path("items/<int:item_id>", views.item), path("metrics", views.metrics)]
