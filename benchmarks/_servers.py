@@ -5,11 +5,14 @@ with the client for the client's GIL: what a benchmark measures is the client. I
 connections alive, disables Nagle, answers ``200 ok`` with a Content-Length, and can enforce a
 strict sliding-window limit: a request is admitted if fewer than ``count`` admitted arrivals fall
 in ``(now - seconds, now]`` for every ``(count, seconds)``; otherwise it gets ``429`` with
-``Retry-After: 1`` and is not counted. At the end the child sends its counts back on a queue.
+``Retry-After: 1`` and is not counted. ``slack`` shortens every window by that many seconds
+(the stamping delay a server tolerates); ``latency`` delays every answer after its arrival is
+stamped. At the end the child sends its counts back on a queue.
 """
 
 from __future__ import annotations
 
+import bisect
 import collections
 import dataclasses
 import multiprocessing
@@ -40,28 +43,37 @@ class Counts:
 
     admitted: int
     rejected: int
+    strict_over: int = 0  # admitted only thanks to the slack
 
 
 class _Window:
     """Exact sliding-window admission; arrivals are checked and recorded under one lock."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, slack: float = 0.0) -> None:
         self._logs = [(count, seconds, collections.deque[float]()) for count, seconds in limits]
+        self._slack = slack
         self._lock = threading.Lock()
         self.admitted = 0
         self.rejected = 0
+        # Admitted arrivals that a window without the slack would have refused.
+        self.strict_over = 0
 
     def admit(self, now: float) -> bool:
         with self._lock:
+            over = False
             for count, seconds, log in self._logs:
                 while log and log[0] <= now - seconds:
                     log.popleft()
-                if len(log) >= count:
+                # Arrivals within the slack of leaving the window no longer count.
+                kept = len(log) - bisect.bisect_right(log, now - seconds + self._slack)
+                if kept >= count:
                     self.rejected += 1
                     return False
+                over = over or len(log) >= count
             for _, _, log in self._logs:
                 log.append(now)
             self.admitted += 1
+            self.strict_over += over
             return True
 
 
@@ -70,9 +82,10 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False
     request_queue_size = 256
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, slack: float, latency: float) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
-        self.window = _Window(limits)
+        self.window = _Window(limits, slack)
+        self.latency = latency
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -83,15 +96,20 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         # The request line and headers are parsed by now: this is its arrival time.
         now = time.monotonic()
-        self.wfile.write(_OK if self.server.window.admit(now) else _BUSY)
+        admitted = self.server.window.admit(now)
+        if self.server.latency:
+            time.sleep(self.server.latency)
+        self.wfile.write(_OK if admitted else _BUSY)
 
     def log_message(self, format: str, *args: object) -> None:
         pass
 
 
-def _serve(limits: Limits, queue: Queue[Any], stop: Event, parent: int) -> None:
+def _serve(
+    limits: Limits, slack: float, latency: float, queue: Queue[Any], stop: Event, parent: int
+) -> None:
     """Child process body: serve until told to stop (or orphaned), then report the counts."""
-    server = _Server(limits)
+    server = _Server(limits, slack, latency)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     queue.put(server.server_address[1])
@@ -102,7 +120,7 @@ def _serve(limits: Limits, queue: Queue[Any], stop: Event, parent: int) -> None:
     server.shutdown()
     window = server.window
     with window._lock:
-        queue.put(Counts(window.admitted, window.rejected))
+        queue.put(Counts(window.admitted, window.rejected, window.strict_over))
     server.server_close()
 
 
@@ -111,15 +129,19 @@ class ServerProcess:
 
     :param limits: ``[(count, seconds), ...]`` enforced as strict sliding windows, or ``None``
         (or ``[]``) to admit everything.
+    :param slack: seconds by which every window is shortened (stamping slack).
+    :param latency: seconds each answer waits after its arrival is stamped.
     """
 
-    def __init__(self, limits: Limits | None = None) -> None:
+    def __init__(
+        self, limits: Limits | None = None, *, slack: float = 0.0, latency: float = 0.0
+    ) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._queue: Queue[Any] = ctx.Queue()
         self._stop: Event = ctx.Event()
         self._proc = ctx.Process(
             target=_serve,
-            args=(list(limits or []), self._queue, self._stop, os.getpid()),
+            args=(list(limits or []), slack, latency, self._queue, self._stop, os.getpid()),
             daemon=True,
             name="bench-server",
         )

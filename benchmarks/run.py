@@ -20,6 +20,7 @@ import compliance
 import executor
 import memory
 import overhead
+import timing
 from _report import Options, Table, render_markdown, render_text
 
 BENCHMARKS: dict[str, Callable[[Options], Table]] = {
@@ -29,12 +30,15 @@ BENCHMARKS: dict[str, Callable[[Options], Table]] = {
     "memory": memory.run,
     "adaptive": adaptive.run,
     "budget": budget.run,
+    "latency": timing.latency,
+    "busy": timing.busy,
+    "demo": timing.demo,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="shorter run (under 90 s)")
+    parser.add_argument("--quick", action="store_true", help="shorter run (about 4 minutes)")
     parser.add_argument("--full", action="store_true", help="also run the 1M-item memory case")
     parser.add_argument(
         "--only", action="append", choices=sorted(BENCHMARKS), help="run only this benchmark"
@@ -44,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit < 1:
         parser.error("--limit must be at least 1")
     opts = Options(quick=args.quick, full=args.full, limit=args.limit)
-    # Designed for < 3 min (quick) and < 8 min; the 1M-item memory case adds several minutes.
-    faulthandler.dump_traceback_later(3600 if args.full else 600, exit=True)
+    # Designed for < 4 min (quick) and < 10 min; the 1M-item memory case adds several minutes.
+    faulthandler.dump_traceback_later(3600 if args.full else 1200, exit=True)
     cores = os.cpu_count() or 1
     if hasattr(os, "getloadavg") and os.getloadavg()[0] > cores / 2:
         print(

@@ -6,7 +6,7 @@ from typing import Any
 
 from pyrate_limiter import Rate
 
-from ._limiter import KeyedLimiter, Limiter
+from ._limiter import DEFAULT_ARRIVAL, KeyedLimiter, Limiter
 
 BACKEND_FORMS = (
     '"memory", "sqlite:///path/to/limits.db", "redis://host:port/db" '
@@ -21,13 +21,20 @@ SENTINEL_PREFIXES = ("redis+sentinel://", "rediss+sentinel://")
 
 
 def make_limiter(
-    backend: Any, rates: list[Rate], *, margin: float, on_backend_error: str
+    backend: Any,
+    rates: list[Rate],
+    *,
+    margin: float,
+    on_backend_error: str,
+    arrival: float = DEFAULT_ARRIVAL,
 ) -> Limiter:
     """Build the limiter for a backend spec.
 
     :param backend: see :data:`BACKEND_FORMS`.
     :param rates: the session's binding rates (possibly empty: pauses only).
-    :param margin: seconds added to every window (clock rounding).
+    :param margin: seconds added to every window of the shared backends (their clock
+        rounding; the in-memory limiter's dates are not rounded).
+    :param arrival: seconds after a request leaves by which the server counts it.
     :param on_backend_error: ``"raise"`` (a call fails with ``BackendUnavailable``
         while the backend is unreachable) or ``"fallback"`` (limit per process in
         memory meanwhile, with a warning).
@@ -38,12 +45,17 @@ def make_limiter(
             f"on_backend_error must be one of {ON_BACKEND_ERROR}, not {on_backend_error!r}"
         )
     if backend is None or backend == "memory":
-        return KeyedLimiter(rates, margin=margin)
+        # Its token dates are exact floats, not rounded ms: no margin to cover.
+        return KeyedLimiter(rates, arrival=arrival)
     if isinstance(backend, str) and backend.startswith("sqlite:///"):
         from ._sqlite_limiter import SQLiteLimiter
 
         return SQLiteLimiter(
-            backend[len("sqlite:///") :], rates, margin=margin, on_backend_error=on_backend_error
+            backend[len("sqlite:///") :],
+            rates,
+            margin=margin,
+            arrival=arrival,
+            on_backend_error=on_backend_error,
         )
     # scale (issue 16): Redis Cluster gets hash-tagged keys; Sentinel URLs a RedisLimiter.
     cluster_url = isinstance(backend, str) and backend.startswith(CLUSTER_PREFIXES)
@@ -56,9 +68,21 @@ def make_limiter(
     ):
         from ._redis_limiter import RedisLimiter
 
-        return RedisLimiter(backend, rates, margin=margin, on_backend_error=on_backend_error)
+        return RedisLimiter(
+            backend,
+            rates,
+            margin=margin,
+            arrival=arrival,
+            on_backend_error=on_backend_error,
+        )
     if type(backend).__module__.startswith("redis"):
         from ._redis_limiter import RedisLimiter
 
-        return RedisLimiter(backend, rates, margin=margin, on_backend_error=on_backend_error)
+        return RedisLimiter(
+            backend,
+            rates,
+            margin=margin,
+            arrival=arrival,
+            on_backend_error=on_backend_error,
+        )
     raise ValueError(f"unknown backend {backend!r}: expected {BACKEND_FORMS}")

@@ -9,22 +9,24 @@ module drives them directly and owns the waiting.
 from __future__ import annotations
 
 import bisect
+import collections
 import dataclasses
-import math
 import threading
 import time
 from collections.abc import Callable
-from operator import attrgetter
 from typing import Any, Protocol
 
-from pyrate_limiter import InMemoryBucket, Rate, RateItem
+from pyrate_limiter import Rate
 
 from ._exceptions import RateLimitExceeded
 
 # Housekeeping cadence: drop buckets whose every window has emptied, so a crawl
 # over a million hosts does not keep a million buckets.
 _SWEEP_EVERY = 10.0
-_by_timestamp = attrgetter("timestamp")
+# Assumed time between a request leaving this process and the server counting it.
+DEFAULT_ARRIVAL = 0.010
+# Keys whose usual response time is kept (ResponseTimes); beyond, it starts afresh.
+_MAX_KEYS_TIMED = 4096
 
 #: Longest wait a header parser returns and a limiter stores, in seconds (about 31.7
 #: years): longer than any real wait, yet storable as int64 milliseconds (SQLite,
@@ -40,18 +42,25 @@ def pause_seconds(seconds: float) -> float:
     return float(min(seconds, MAX_PAUSE))
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Token:
-    """A token taken for one attempt; ``settle`` re-dates it once the request has arrived.
+    """A token taken for one attempt; ``settle`` dates it once the request has left.
 
     :ivar key: the bucket key.
     :ivar handle: what the limiter needs to find the token again (backend-specific).
     :ivar waited: seconds the caller waited for it.
+    :ivar sent: ``time.monotonic()`` when the request's bytes were handed to the
+        socket, noted by syncfetch's connections (``None`` until then, and for
+        adapters that do not note it).
+    :ivar answered: ``time.monotonic()`` when the response's headers were read, noted
+        the same way.
     """
 
     key: str
     handle: Any
     waited: float
+    sent: float | None = None
+    answered: float | None = None
 
 
 class Limiter(Protocol):
@@ -71,7 +80,8 @@ class Limiter(Protocol):
         ...
 
     def settle(self, token: Token) -> None:
-        """Re-date ``token`` to now (capped): its request has reached the server."""
+        """Date ``token`` by when its request reached the server: ``token.sent`` plus
+        the arrival margin, and never later than now (the response is in hand)."""
         ...
 
     def pause(self, key: str, seconds: float) -> None:
@@ -99,13 +109,74 @@ class Limiter(Protocol):
         ...
 
 
+class ResponseTimes:
+    """Dates tokens by their send, knowing each key's usual send-to-answer time.
+
+    The server counts a request somewhere between its send and its answer. A server
+    that always takes 50 ms to answer counts early in that span: the token is dated at
+    the send plus ``arrival``, and those 50 ms are not charged to the limit. When an
+    answer takes longer than the key's usual time (the least of its last 16), the
+    excess may have been spent before the server counted (a server thread waiting for
+    a core, say): the date moves later by that excess, never past the answer. A key's
+    first answer dates its token. Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        # _lock guards _recent (each key's last send-to-answer times).
+        self._lock = threading.Lock()
+        self._recent: dict[str, collections.deque[float]] = {}
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+
+    def date(self, token: Token, arrival: float, now: float) -> float:
+        """The date of ``token`` (monotonic seconds), its attempt being over at ``now``.
+
+        :param arrival: the margin for the server's stamping after the send.
+        """
+        answered = now if token.answered is None else min(token.answered, now)
+        sent = token.sent
+        if sent is None:
+            return answered  # the send was not noted: the answer is all we know
+        took = answered - sent
+        with self._lock:
+            recent = self._recent.get(token.key)
+            if recent is None:
+                if len(self._recent) >= _MAX_KEYS_TIMED:
+                    self._recent.clear()  # a crawl over many hosts: start afresh
+                recent = self._recent[token.key] = collections.deque(maxlen=16)
+                usual = 0.0
+            else:
+                usual = min(recent)
+            if token.answered is not None:
+                recent.append(took)
+        return min(answered, sent + arrival + max(0.0, took - usual))
+
+
+class _Log:
+    """One key's sliding-window log: dated tokens, and tokens whose request is in flight."""
+
+    __slots__ = ("dates", "pending")
+
+    def __init__(self) -> None:
+        self.dates: list[float] = []  # settled tokens' dates, sorted
+        self.pending: dict[Token, None] = {}  # taken, not yet settled
+
+
 class KeyedLimiter:
-    """One in-memory bucket per key, all with the same rates.
+    """One sliding-window log per key, all with the same rates.
+
+    A token taken but not yet settled counts as sent *now* (its request may reach the
+    server at any later moment), or, once its connection noted the send, as sent then
+    plus ``arrival``; :meth:`settle` gives it its final date. So a thread that waits
+    any length of time between its token and its send (for the GIL, a TLS handshake,
+    a proxy) is counted when its request leaves, and the server's latency is not.
 
     :param rates: binding rates, as returned by ``normalize_limits``; with none, only
         pauses are enforced.
-    :param margin: seconds added to every window, to absorb the scheduling jitter
-        between taking a token and the request reaching the server.
+    :param margin: seconds added to every window (clock rounding).
+    :param arrival: seconds after a request leaves this process by which the server
+        is assumed to have counted it (its own stamping delay).
     :param clock: monotonic clock in seconds (injectable for tests).
     :param sleep: sleep function (injectable for tests).
     """
@@ -115,28 +186,38 @@ class KeyedLimiter:
         rates: list[Rate],
         *,
         margin: float = 0.0,
+        arrival: float = DEFAULT_ARRIVAL,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         margin_ms = int(margin * 1000)
         self.rates = [Rate(r.limit, r.interval + margin_ms) for r in rates]
-        # A token is re-dated by at most a tenth of the shortest window, and 100 ms.
-        self._settle_cap_ms = min(100, self.rates[0].interval // 10) if rates else 0
+        self._windows = [(r.limit, r.interval / 1000) for r in self.rates]
+        self._horizon = max((w for _, w in self._windows), default=0.0)
+        self.arrival = arrival
         self._clock = clock
         self.sleep = sleep
-        # _lock guards _buckets, _paused, _next_sweep and every bucket put/leak, so a
-        # check-and-take is atomic across threads. Never held while sleeping.
+        # _lock guards _logs (every log's dates and pending), _paused and _next_sweep,
+        # so a check-and-take is atomic across threads. Never held while sleeping.
         self._lock = threading.Lock()
-        self._buckets: dict[str, InMemoryBucket] = {}
+        self._logs: dict[str, _Log] = {}
+        self._times = ResponseTimes()
         self._paused: dict[str, float] = {}
         self._next_sweep = clock() + _SWEEP_EVERY
 
     def after_fork(self) -> None:
-        """Replace the lock in a forked child: the parent may have held it at fork time."""
+        """In a forked child: a new lock (the parent may have held it at fork time), and
+        the parent's in-flight tokens dated now (their threads do not exist here)."""
         self._lock = threading.Lock()
+        self._times.after_fork()
+        now = self._clock()
+        for log in self._logs.values():
+            for _ in log.pending:
+                bisect.insort(log.dates, now)
+            log.pending = {}
 
     def close(self) -> None:
-        """Nothing to release: the buckets live in this process's memory."""
+        """Nothing to release: the logs live in this process's memory."""
 
     def pause(self, key: str, seconds: float) -> None:
         """Record that ``key`` must not be sent to for ``seconds`` (a server asked).
@@ -168,14 +249,22 @@ class KeyedLimiter:
         """
         if not self.rates:
             return Token(key, None, 0.0)
-        start = self._clock()
+        start: float | None = None
         while True:
             with self._lock:
                 now = self._clock()
-                item = RateItem(key, math.ceil(now * 1000))
-                wait = self._try_take(key, item)
+                if start is None:
+                    start = now
+                if now >= self._next_sweep:
+                    self._sweep(now)
+                log = self._logs.get(key)
+                if log is None:
+                    log = self._logs[key] = _Log()
+                wait = self._wait(log, now)
                 if wait <= 0:
-                    return Token(key, item, now - start)
+                    token = Token(key, log, now - start)
+                    log.pending[token] = None
+                    return token
             if deadline is not None and now + wait > deadline:
                 raise RateLimitExceeded(
                     f"no rate-limit token for {key} within max_wait (next in {wait:.3f} s)",
@@ -184,34 +273,51 @@ class KeyedLimiter:
                 )
             self.sleep(wait)
 
-    def settle(self, token: Token) -> None:
-        """Re-date a token to now (capped), once its request is known to have arrived.
+    def _wait(self, log: _Log, now: float) -> float:
+        """Seconds until every window of ``log`` has room at ``now`` (0: room now)."""
+        dates = log.dates
+        cut = bisect.bisect_right(dates, now - self._horizon)
+        if cut:
+            del dates[:cut]
+        in_flight: list[float] = []
+        if log.pending:
+            arrival = self.arrival
+            in_flight = sorted(now if t.sent is None else t.sent + arrival for t in log.pending)
+        wait = 0.0
+        for limit, window in self._windows:
+            low = now - window
+            first = bisect.bisect_right(dates, low)
+            flying = [d for d in in_flight if d > low] if in_flight else in_flight
+            over = len(dates) - first + len(flying) - limit
+            if over >= 0:
+                # The over-th oldest date in the window must leave it first.
+                oldest = sorted(dates[first : first + over + 1] + flying)[over]
+                wait = max(wait, oldest + window - now, 1e-6)
+        return wait
 
-        The server counts a request when it arrives, which is after the token was
-        taken by however long the sending thread waited for the GIL and the wire:
-        measured on loopback with 16 threads, 0.5 ms typically but up to 47 ms. The
-        response (or the failure) marks a moment at or after that arrival, so dating
-        the token then keeps our windows at or behind the server's. The cap bounds
-        what a slow server costs in throughput.
+    def settle(self, token: Token) -> None:
+        """Date a token by when its request reached the server, once the send is over.
+
+        The server counts a request when it arrives: after the token was taken by
+        however long the thread then waited (for the GIL, a connection; measured on
+        loopback with 16 threads, up to 47 ms), and before the response. The date is
+        the send noted by the connection plus ``arrival`` (the server's stamping), later
+        by any time the answer took beyond the key's usual, and never later than the
+        answer (see :class:`ResponseTimes`); without a noted send, the answer. Either
+        way at or after the server's count, so our windows stay at or behind the
+        server's.
         """
-        item: RateItem | None = token.handle
-        if item is None:
+        log: _Log | None = token.handle
+        if log is None:
             return
-        new = min(math.ceil(self._clock() * 1000), item.timestamp + self._settle_cap_ms)
-        if new <= item.timestamp:
-            return
+        date = self._times.date(token, self.arrival, self._clock())
         with self._lock:
-            bucket = self._buckets.get(token.key)
-            if bucket is None:
-                return
-            items = bucket.items
-            i = bisect.bisect_left(items, item.timestamp, key=_by_timestamp)
-            while i < len(items) and items[i] is not item and items[i].timestamp == item.timestamp:
-                i += 1
-            if i < len(items) and items[i] is item:
-                del items[i]
-                item.timestamp = new
-                bisect.insort(items, item, key=_by_timestamp)
+            if log.pending.pop(token, 0) is None:
+                dates = log.dates
+                if not dates or date >= dates[-1]:
+                    dates.append(date)
+                else:
+                    bisect.insort(dates, date)
 
     def record(self, key: str) -> None:
         """Count a token for ``key`` taken now elsewhere (a shared backend), even past the
@@ -219,33 +325,22 @@ class KeyedLimiter:
         if not self.rates:
             return
         with self._lock:
-            item = RateItem(key, math.ceil(self._clock() * 1000))
-            if item.timestamp >= self._next_sweep * 1000:  # keeps the recorded log bounded
-                self._sweep(item.timestamp / 1000)
-            bucket = self._buckets.get(key)
-            if bucket is None:
-                bucket = self._buckets[key] = InMemoryBucket(self.rates)
-            bisect.insort(bucket.items, item, key=_by_timestamp)
-
-    def _try_take(self, key: str, item: RateItem) -> float:
-        """Put ``item`` in ``key``'s bucket; return 0 on success or the seconds to wait."""
-        if item.timestamp >= self._next_sweep * 1000:
-            self._sweep(item.timestamp / 1000)
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = InMemoryBucket(self.rates)
-        if bucket.put(item):
-            return 0.0
-        wait_ms = bucket.waiting(item)
-        assert isinstance(wait_ms, int) and wait_ms >= 0  # weight 1 always fits eventually
-        return max(wait_ms, 1) / 1000
+            now = self._clock()
+            if now >= self._next_sweep:  # keeps the recorded logs bounded
+                self._sweep(now)
+            log = self._logs.get(key)
+            if log is None:
+                log = self._logs[key] = _Log()
+            dates = log.dates
+            cut = bisect.bisect_right(dates, now - self._horizon)  # no window counts them
+            if cut:
+                del dates[:cut]
+            bisect.insort(dates, now)
 
     def _sweep(self, now: float) -> None:
-        now_ms = math.ceil(now * 1000)
-        for key, bucket in list(self._buckets.items()):
-            bucket.leak(now_ms)
-            if bucket.count() == 0:
-                del self._buckets[key]
+        for key, log in list(self._logs.items()):
+            if not log.pending and (not log.dates or log.dates[-1] <= now - self._horizon):
+                del self._logs[key]
         for key, until in list(self._paused.items()):
             if until <= now:
                 del self._paused[key]
@@ -254,22 +349,19 @@ class KeyedLimiter:
     def set_rates(self, rates: list[Rate], *, margin: float = 0.0) -> None:
         """Enforce ``rates`` from now on, keeping the tokens already in every window.
 
-        The same token objects move to the new buckets, so calls in flight still settle
-        theirs, and threads waiting for a token meet the new rates on their next look.
+        The logs hold dates, not rates, so calls in flight still settle their tokens,
+        and threads waiting for a token meet the new rates on their next look. (Dates
+        older than the longest old window are gone: a longer new window starts with
+        what the old one kept.)
         """
         margin_ms = int(margin * 1000)
         new = [Rate(r.limit, r.interval + margin_ms) for r in rates]
         with self._lock:
             self.rates = new
-            self._settle_cap_ms = min(100, new[0].interval // 10) if new else 0
-            for key, bucket in list(self._buckets.items()):
-                if new:
-                    fresh = self._buckets[key] = InMemoryBucket(new)
-                    fresh.items = bucket.items
-                else:
-                    del self._buckets[key]
+            self._windows = [(r.limit, r.interval / 1000) for r in new]
+            self._horizon = max((w for _, w in self._windows), default=0.0)
 
     def bucket_count(self) -> int:
-        """Number of keys with a live bucket (for tests and stats)."""
+        """Number of keys with a live log (for tests and stats)."""
         with self._lock:
-            return len(self._buckets)
+            return len(self._logs)

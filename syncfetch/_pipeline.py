@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from requests import PreparedRequest, Response
 from requests.adapters import BaseAdapter
 from requests.exceptions import ContentDecodingError, RequestException
+from requests.structures import CaseInsensitiveDict
 from requests.utils import rewind_body
 from urllib3.util import Timeout as Urllib3Timeout
 
@@ -26,7 +27,7 @@ from ._body import consume_quietly, drain_undecoded, read_body
 from ._budget import BudgetTracker
 from ._events import MIN_WAIT, Event, Hub, redacted
 from ._exceptions import DeadlineExceeded, RateLimitExceeded, SessionClosed
-from ._feedback import is_throttle, server_wait
+from ._feedback import COOLDOWN_STATUSES, is_throttle, server_wait
 from ._limiter import Limiter, Token
 from ._redact import safe_url
 from ._retry import (
@@ -38,6 +39,7 @@ from ._retry import (
 )
 from ._slots import Lease, Permits, Slots
 from ._stats import StatsRecorder
+from ._wire import SENDING
 
 log = logging.getLogger("syncfetch")
 
@@ -136,6 +138,17 @@ def _read_timeout(timeout: Any) -> float | None:
     if isinstance(timeout, tuple):
         timeout = timeout[1]
     return timeout if isinstance(timeout, (int, float)) else None
+
+
+def _mentions_quota(headers: Any) -> bool:
+    """Whether any header name could carry a quota (it mentions "rate" or "limit").
+
+    A parser of a new quota header must keep this true for its header's name.
+    """
+    # requests keeps lowercased names in CaseInsensitiveDict._store: one pass over them
+    # costs less than looking up each name the parsers know.
+    names = headers._store if isinstance(headers, CaseInsensitiveDict) else headers
+    return any("rate" in n or "limit" in n for n in map(str.lower, names))
 
 
 def _hold_until_closed(resp: Response, lease: Lease) -> None:
@@ -448,12 +461,18 @@ class Pipeline:
         """
         handed_over = False
         try:
-            started = time.monotonic()
+            started = sent_at  # taken right after the token
             attempt_timeout = _attempt_timeout(timeout, deadline)
-            try:
+            if token.handle is None:  # no rate limit: nothing to date
                 resp = adapter.send(request, timeout=attempt_timeout, **kwargs)
-            finally:
-                self.limiter.settle(token)
+            else:
+                # syncfetch's connections note on the token when the request left.
+                sending = SENDING.set(token)
+                try:
+                    resp = adapter.send(request, timeout=attempt_timeout, **kwargs)
+                finally:
+                    SENDING.reset(sending)
+                    self.limiter.settle(token)
             resp._syncfetch_wire_time = time.monotonic() - started  # type: ignore[attr-defined]
             try:
                 self._listen(key, resp, request)
@@ -534,6 +553,8 @@ class Pipeline:
 
     def _listen(self, key: str, resp: Response, request: PreparedRequest) -> None:
         """Pause the whole key when the response asks for a wait (Retry-After, spent quota)."""
+        if resp.status_code not in COOLDOWN_STATUSES and not _mentions_quota(resp.headers):
+            return  # most responses: no header lookups at all
         policy = self.policy
         wait, why = server_wait(
             resp.status_code,

@@ -45,7 +45,7 @@ from pyrate_limiter import Rate
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from ._limiter import Token
+from ._limiter import DEFAULT_ARRIVAL, Token
 from ._redact import safe_url
 from ._redis_urls import PREFIXES, close_client, describe_client, make_client
 from ._shared_limiter import BACKEND_DEADLINE, TICKET_GRACE_MS, SharedLimiter, raise_if_late
@@ -172,6 +172,18 @@ end
 return 0
 """
 
+# KEYS: 1 the bucket's sorted set. ARGV: 1 the new score (ms), 2 the member, 3 this
+# process's longest window (ms). Moves an entry that still exists (never re-adds a
+# trimmed one) and keeps the set alive until the entry has left every window.
+_SETTLE = """
+if redis.call('ZADD', KEYS[1], 'XX', 'CH', ARGV[1], ARGV[2]) == 0 then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.ceil(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1]) + tonumber(ARGV[3]) - now
+if ttl > redis.call('PTTL', KEYS[1]) then redis.call('PEXPIRE', KEYS[1], ttl) end
+return 1
+"""
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 # Default timeouts of a client built from a URL (seconds); a caller with less time left
@@ -241,6 +253,8 @@ class RedisLimiter(SharedLimiter):
         or a ``redis.Redis`` client (used as configured, and not closed by :meth:`close`).
     :param rates: binding rates, as returned by ``normalize_limits``.
     :param margin: seconds added to every window.
+    :param arrival: seconds after a send by which the server counts it (see
+        ``KeyedLimiter``).
     :param on_backend_error: ``"raise"`` or ``"fallback"`` (see ``SharedLimiter``).
     :param prefix: first part of every key this limiter writes.
     :param fair: use the ticket queue; ``False`` only to measure what it is for.
@@ -253,6 +267,7 @@ class RedisLimiter(SharedLimiter):
         *,
         margin: float = 0.0,
         on_backend_error: str = "raise",
+        arrival: float = DEFAULT_ARRIVAL,
         prefix: str = "syncfetch",
         fair: bool = True,
     ) -> None:
@@ -289,6 +304,7 @@ class RedisLimiter(SharedLimiter):
         super().__init__(
             rates,
             margin=margin,
+            arrival=arrival,
             on_backend_error=on_backend_error,
             name=name,
             # ValueError: redis-py reading a socket that close() shut under it
@@ -301,6 +317,7 @@ class RedisLimiter(SharedLimiter):
         self._acquire_script = client.register_script(_ACQUIRE)
         self._pause_script = client.register_script(_PAUSE)
         self._replay_script = client.register_script(_REPLAY)
+        self._settle_script = client.register_script(_SETTLE)
         self._rate_args = [n for r in self.rates for n in (r.limit, r.interval)]
         # The epoch of the data set this process last saw (see _ACQUIRE), per scope (one
         # here, one per hash-tag group on a cluster). A str is replaced whole and a dict
@@ -380,10 +397,9 @@ class RedisLimiter(SharedLimiter):
 
     def _settle(self, token: Token) -> None:
         handle: _Member = token.handle
-        new = self._settled_time(handle.score, handle.taken_at)
+        new = self._settled_time(token, handle.score, handle.taken_at)
         if new > handle.score:
-            # XX: only move an entry that still exists; never re-add a trimmed one.
-            self.client.zadd(handle.zkey, {handle.member: new}, xx=True)
+            self._settle_script([handle.zkey], [new, handle.member, self._horizon_ms])
 
     def _replay(self, ages: list[tuple[str, int]]) -> None:
         ttl = self._horizon_ms + self._settle_cap_ms

@@ -26,7 +26,7 @@ from ._backends import BACKEND_FORMS, ON_BACKEND_ERROR, make_limiter
 from ._events import EventHook, hooks_of
 from ._exceptions import SessionClosed
 from ._executor import BoundedExecutor
-from ._limiter import KeyedLimiter, Limiter
+from ._limiter import DEFAULT_ARRIVAL, KeyedLimiter, Limiter
 from ._pipeline import CURRENT_CALL, Call, Pipeline, bucket_key
 from ._progress import track
 from ._rates import LimitsArg, normalize_limits
@@ -34,6 +34,7 @@ from ._result import Result
 from ._retry import RetryPolicy
 from ._slots import Slots
 from ._stats import Stats, StatsRecorder
+from ._wire import TimedAdapter
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -60,8 +61,9 @@ class _Unset:
 UNSET: Any = _Unset()
 
 DEFAULT_TIMEOUT = (3.05, 30.0)
-# Covers millisecond rounding of token times; the scheduling jitter between a token
-# and the server is covered by KeyedLimiter.settle.
+# Covers millisecond rounding of the shared backends' token times; the delay between a
+# token and the server counting its request is covered by dating it at the send
+# (KeyedLimiter.settle).
 DEFAULT_MARGIN = 0.002
 
 
@@ -120,6 +122,12 @@ def _check_max_wait(value: Any) -> float | None:
             f"max_wait must be None (wait as long as needed) or finite seconds >= 0, not {value!r}"
         )
     return None if value is None else float(value)
+
+
+def _check_arrival_margin(value: Any) -> float:
+    if not _is_seconds(value) or not 0 <= value <= 60:
+        raise ValueError(f"arrival_margin must be seconds between 0 and 60, not {value!r}")
+    return float(value)
 
 
 def _check_max_workers(value: Any) -> int | None:
@@ -186,6 +194,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "on_backend_error": _check_on_backend_error,
     "rate_limit_headers": _check_flag("rate_limit_headers"),
     "adaptive": _check_adaptive,
+    "arrival_margin": _check_arrival_margin,
 }
 
 
@@ -207,7 +216,7 @@ def check_arguments(kwargs: Mapping[str, Any]) -> None:
 # timeout nothing at all: safe while other threads send.
 # Settings that change the limiter: in memory it is changed in place (its windows and
 # pauses stay); a shared backend's new limiter finds them in the backend.
-_LIMITER_SETTINGS = frozenset({"limits", "on_backend_error"})
+_LIMITER_SETTINGS = frozenset({"limits", "on_backend_error", "arrival_margin"})
 # Settings that define what the session is built on (the bucket keys, the backend, the
 # connection pools, the thread pool): assignable only before the first call.
 _FIXED_SETTINGS = frozenset({"per_host", "backend", "max_concurrency", "max_workers"})
@@ -259,6 +268,10 @@ class Session(requests.Session):
         server's throttling (the limits become a ceiling); ``None``/``False`` for off.
     :param on_event: a callable, or a list of them, handed an :class:`Event` for each
         attempt, response, retry, give-up, pause and wait (see :meth:`add_event_hook`).
+    :param arrival_margin: seconds after a request leaves this process by which the
+        server is assumed to have counted it (its own stamping delay); each token is
+        dated that long after its request's send (later by any time its answer took
+        beyond the host's usual), and never later than its answer.
     :raises ValueError: for an invalid argument, naming it (also a ``sqlite:///`` path
         whose directory does not exist).
     :raises TypeError: for an argument of the wrong type, naming it.
@@ -281,6 +294,7 @@ class Session(requests.Session):
         "on_backend_error",
         "rate_limit_headers",
         "adaptive",
+        "arrival_margin",
     ]
 
     # The settings, as checked and stored (assigning one goes through __setattr__).
@@ -295,6 +309,7 @@ class Session(requests.Session):
     on_backend_error: str
     rate_limit_headers: bool
     adaptive: Adaptive | None
+    arrival_margin: float
 
     def __init__(
         self,
@@ -311,6 +326,7 @@ class Session(requests.Session):
         rate_limit_headers: bool = True,
         adaptive: Adaptive | bool | None = None,
         on_event: EventHook | Iterable[EventHook] | None = None,
+        arrival_margin: float = DEFAULT_ARRIVAL,
     ) -> None:
         hooks = hooks_of(on_event)
         given = {
@@ -325,6 +341,7 @@ class Session(requests.Session):
             "on_backend_error": on_backend_error,
             "rate_limit_headers": rate_limit_headers,
             "adaptive": adaptive,
+            "arrival_margin": arrival_margin,
         }
         values = {name: _CHECKS[name](value) for name, value in given.items()}
         self._workers_given = values["max_workers"] is not None
@@ -430,7 +447,8 @@ class Session(requests.Session):
     def _default_adapter(self) -> HTTPAdapter:
         # pool_block stays False: the slots already cap connections per pool, and a
         # blocking pool would wait for ever (requests passes no pool timeout).
-        return HTTPAdapter(pool_maxsize=self.max_concurrency, max_retries=0)
+        # A TimedAdapter notes when each request leaves, to date its token by it.
+        return TimedAdapter(pool_maxsize=self.max_concurrency, max_retries=0)
 
     def _make_limiter(self) -> Limiter:
         return make_limiter(
@@ -438,6 +456,8 @@ class Session(requests.Session):
             self.limits,
             margin=DEFAULT_MARGIN,
             on_backend_error=self.on_backend_error,
+            # (getattr: a session pickled before arrival_margin existed)
+            arrival=getattr(self, "arrival_margin", DEFAULT_ARRIVAL),
         )
 
     def _make_pipeline(
@@ -500,6 +520,8 @@ class Session(requests.Session):
                 # rates, even by calls that started on the old pipeline.
                 if changed == "limits":
                     limiter.set_rates(self.limits, margin=DEFAULT_MARGIN)
+                elif changed == "arrival_margin":
+                    limiter.arrival = self.arrival_margin
             elif changed in _LIMITER_SETTINGS:
                 # A shared backend keeps the windows and pauses: a new limiter reads them.
                 limiter = self._make_limiter()
@@ -545,9 +567,12 @@ class Session(requests.Session):
         Items are pulled lazily, at most ``2 * max_workers`` ahead of what has been
         yielded (``8 * max_workers`` in order, so one slow item does not stall the
         workers), so a generator over millions of lines runs in constant memory. A
-        failed item is a result with ``error`` set; it never stops the batch. When
-        the loop ends early (``break``, an exception, Ctrl-C), items not yet started
-        are cancelled.
+        failed item is a result with ``error`` set; it never stops the batch. Each
+        worker takes the next item itself as soon as it is free. When the loop ends
+        early (``break``, an exception, Ctrl-C), no more items start. When
+        :meth:`close` is called meanwhile, items in flight end (``SessionClosed`` if
+        they were waiting) and every item not started yields a result whose error is
+        :class:`SessionClosed`, without being sent.
 
         :param items: URL strings, or :class:`requests.Request` objects for per-item
             method, headers and body.
@@ -573,7 +598,7 @@ class Session(requests.Session):
         # demo: an item failing six times stalled a 2 x workers window for 11 s). The
         # executor's own bound still caps calls in flight at 2 x workers.
         window = self._executor.max_pending * (4 if ordered else 1)
-        results = self._executor.run_all(calls, ordered, window=window)
+        results = self._executor.run_all(calls, ordered, window=window, cut_short=_cut_short)
         if progress:
             total = len(items) if isinstance(items, Sized) else None
             return track(results, self, total)
@@ -833,6 +858,15 @@ def _item_url(item: object) -> str | None:
     return url if isinstance(url, str) else None
 
 
+def _cut_short(call: Callable[[], Result]) -> Result:
+    """The result of a ``map`` item that ``close()`` kept from starting."""
+    assert isinstance(call, functools.partial)
+    index, item = call.args[0], call.args[1]
+    error = SessionClosed("the session was closed before this item started")
+    method = item.method if isinstance(item, Request) and item.method else call.args[2]
+    return Result(index, item, None, error, 0, 0.0, method)
+
+
 def _merge(item: Request, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments for one Request item: its own fields win over the batch's."""
     merged = dict(kwargs)
@@ -886,6 +920,7 @@ def _end_waits_at_exit() -> None:
     # first, so exit never sits through a token, backoff or pause wait.
     for session in list(_SESSIONS):
         session._pipeline.end_waits()
+        session._executor.stop_runs()  # map runners waiting for the consumer end
 
 
 # threading._register_atexit is what concurrent.futures itself uses to stop its pools

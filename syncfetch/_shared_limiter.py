@@ -19,7 +19,7 @@ from pyrate_limiter import Rate
 from requests.exceptions import RequestException
 
 from ._exceptions import BackendUnavailable, RateLimitExceeded
-from ._limiter import KeyedLimiter, Token, pause_seconds
+from ._limiter import DEFAULT_ARRIVAL, KeyedLimiter, ResponseTimes, Token, pause_seconds
 
 log = logging.getLogger("syncfetch")
 T = TypeVar("T")
@@ -64,6 +64,8 @@ class SharedLimiter:
 
     :param rates: binding rates, as returned by ``normalize_limits``.
     :param margin: seconds added to every window, as in :class:`KeyedLimiter`.
+    :param arrival: seconds after a send by which the server counts it, as in
+        :class:`KeyedLimiter`.
     :param on_backend_error: ``"raise"`` or ``"fallback"``.
     :param name: the backend as named in messages (no credentials).
     :param errors: exception types that mean "the backend failed".
@@ -77,6 +79,7 @@ class SharedLimiter:
         on_backend_error: str,
         name: str,
         errors: tuple[type[BaseException], ...],
+        arrival: float = DEFAULT_ARRIVAL,
     ) -> None:
         if on_backend_error not in ("raise", "fallback"):
             raise ValueError(
@@ -85,8 +88,11 @@ class SharedLimiter:
         margin_ms = int(margin * 1000)
         self.rates = [Rate(r.limit, r.interval + margin_ms) for r in rates]
         self.name = name
-        # Same cap as KeyedLimiter.settle: a tenth of the shortest window, at most 100 ms.
-        self._settle_cap_ms = min(100, self.rates[0].interval // 10) if rates else 0
+        self.arrival = arrival
+        self._times = ResponseTimes()
+        # Kept on the backend's keys beyond the longest window (ms); settle extends
+        # the keys' lifetime itself when it dates a token later than that.
+        self._settle_cap_ms = math.ceil(arrival * 1000)
         # No rate counts an entry older than the longest window.
         self._horizon_ms = max((r.interval for r in self.rates), default=0)
         self._errors = errors
@@ -95,7 +101,7 @@ class SharedLimiter:
         # are longer by the settle cap: a backend token is recorded when taken, but the
         # backend may re-date it up to the cap later.
         self._fallback = (
-            KeyedLimiter(rates, margin=margin + self._settle_cap_ms / 1000)
+            KeyedLimiter(rates, margin=margin + self._settle_cap_ms / 1000, arrival=arrival)
             if on_backend_error == "fallback"
             else None
         )
@@ -187,16 +193,17 @@ class SharedLimiter:
         return token
 
     def settle(self, token: Token) -> None:
-        """Re-date ``token`` to when its response arrived, capped (see ``KeyedLimiter.settle``).
+        """Date ``token`` by when its request reached the server (see ``KeyedLimiter.settle``).
 
-        A backend failure here is only logged: the token then keeps its earlier date,
-        which costs at most the cap in accuracy, and the response is already in hand.
+        A backend failure here is only logged: the token then keeps its take date, and
+        the response is already in hand.
         """
         handle = token.handle
         if handle is None:
             return
         if isinstance(handle, _FallbackHandle):
             assert self._fallback is not None
+            handle.token.sent, handle.token.answered = token.sent, token.answered
             self._fallback.settle(handle.token)
             return
         try:
@@ -261,6 +268,7 @@ class SharedLimiter:
         """In a forked child: new locks, and no connection inherited from the parent."""
         self._state_lock = threading.Lock()
         self._recover_lock = threading.Lock()
+        self._times.after_fork()
         if self._fallback is not None:
             self._fallback.after_fork()
         self._reset_after_fork()
@@ -421,16 +429,18 @@ class SharedLimiter:
     def _close(self) -> None:
         raise NotImplementedError
 
-    def _settled_time(self, taken_ms: int, taken_at: float) -> int:
-        """The re-dated time of a token dated ``taken_ms`` on the backend's clock.
+    def _settled_time(self, token: Token, taken_ms: int, taken_at: float) -> int:
+        """The date of ``token``, taken at ``taken_ms`` on the backend's clock.
 
-        Measured with the local monotonic clock from ``taken_at``, a moment at or before
-        the backend read its clock, so the result is never earlier than the backend's
-        time now; the backend's clock need not be read again, and wall-clock steps do
-        not matter.
+        The send noted on the token plus ``arrival``, later by any excess over the key's
+        usual answer time, never later than the answer (see ``ResponseTimes``), measured
+        with the local monotonic clock from ``taken_at``, a moment at or before the
+        backend read its clock: so the result is never earlier than the backend's time
+        then; the backend's clock need not be read again, and wall-clock steps do not
+        matter.
         """
-        elapsed_ms = math.ceil((time.monotonic() - taken_at) * 1000)
-        return taken_ms + min(elapsed_ms, self._settle_cap_ms)
+        date = self._times.date(token, self.arrival, time.monotonic())
+        return taken_ms + max(0, math.ceil((date - taken_at) * 1000))
 
 
 def raise_if_late(key: str, wait_ms: int, deadline: float | None) -> None:

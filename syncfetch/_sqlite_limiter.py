@@ -34,7 +34,7 @@ from typing import TypeVar
 from pyrate_limiter import Rate
 from requests.exceptions import RequestException
 
-from ._limiter import Token
+from ._limiter import DEFAULT_ARRIVAL, Token
 from ._shared_limiter import (
     BACKEND_DEADLINE,
     TICKET_GRACE_MS,
@@ -195,6 +195,8 @@ class SQLiteLimiter(SharedLimiter):
     :param path: the database file (created with its tables if missing).
     :param rates: binding rates, as returned by ``normalize_limits``.
     :param margin: seconds added to every window.
+    :param arrival: seconds after a send by which the server counts it (see
+        ``KeyedLimiter``).
     :param on_backend_error: ``"raise"`` or ``"fallback"`` (see :class:`SharedLimiter`).
     :param busy_timeout: seconds to wait for another process's write lock before the
         backend counts as unavailable.
@@ -210,6 +212,7 @@ class SQLiteLimiter(SharedLimiter):
         *,
         margin: float = 0.0,
         on_backend_error: str = "raise",
+        arrival: float = DEFAULT_ARRIVAL,
         busy_timeout: float = 5.0,
         sweep_every: float = 5.0,
         fair: bool = True,
@@ -226,6 +229,7 @@ class SQLiteLimiter(SharedLimiter):
         super().__init__(
             rates,
             margin=margin,
+            arrival=arrival,
             on_backend_error=on_backend_error,
             name=f"sqlite:///{self.path}",
             errors=(sqlite3.Error, OSError),
@@ -587,7 +591,7 @@ class SQLiteLimiter(SharedLimiter):
 
     def _settle(self, token: Token) -> None:
         row: _Row = token.handle
-        new = self._settled_time(row.ts, row.taken_at)
+        new = self._settled_time(token, row.ts, row.taken_at)
         if new <= row.ts:
             return
         with self._lock, self._transaction() as conn:

@@ -14,9 +14,12 @@ from __future__ import annotations
 import bisect
 import contextlib
 import email.utils
+import json
+import os
 import socket
 import socketserver
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -26,7 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, TypeVar
 
-__all__ = ["Headers", "Record", "ScriptedServer", "Step", "http_date"]
+__all__ = ["Headers", "Record", "ScriptedServer", "ServerProcess", "Step", "http_date"]
 
 HeaderValue = str | Callable[[], str]
 _S = TypeVar("_S", bound="ScriptedServer")
@@ -532,3 +535,189 @@ class ScriptedServer:
         with self._changed:
             self._conns.discard(sock)
             self._changed.notify_all()
+
+
+# -- the same server in a process of its own ------------------------------------------
+
+
+class ServerProcess(ScriptedServer):
+    """A :class:`ScriptedServer` run by ``python -m tests._server`` in its own process.
+
+    A server in the test process stamps each arrival when its handler thread gets the
+    GIL, which the client threads hold: late by a delay no client can see, so a strict
+    limit test there can fail on a correct client. This one has its own GIL. Same
+    configuration and inspection methods (steps are sent as data: header values must be
+    strings); ``in_flight`` and ``wait_idle`` are not available.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._proc: subprocess.Popen[str] | None = None
+        self._port = 0
+        self._pipe_lock = threading.Lock()
+
+    def start(self: _S) -> _S:
+        assert isinstance(self, ServerProcess)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "tests._server"],
+            cwd=root,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._port = int(self._call({"op": "port"})["port"])
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        assert proc.stdin is not None and proc.stdout is not None
+        with contextlib.suppress(OSError):
+            proc.stdin.close()  # EOF: the child stops serving and exits
+        try:
+            proc.wait(timeout + 3)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+    @property
+    def port(self) -> int:
+        if self._proc is None:
+            raise RuntimeError("server not started")
+        return self._port
+
+    def _call(self, message: dict[str, Any]) -> dict[str, Any]:
+        proc = self._proc
+        if proc is None or proc.stdin is None or proc.stdout is None:
+            raise RuntimeError("server not started")
+        with self._pipe_lock:
+            proc.stdin.write(json.dumps(message) + "\n")
+            proc.stdin.flush()
+            line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the server process ended")
+        reply: dict[str, Any] = json.loads(line)
+        if "error" in reply:
+            raise ValueError(reply["error"])
+        return reply
+
+    def script(self, path: str, *steps: Step) -> None:
+        for step in steps:
+            if not isinstance(step, Step):
+                raise TypeError(f"expected Step, got {type(step).__name__}")
+            if any(callable(v) for v in step.headers.values()):
+                raise TypeError("a server process takes string header values only")
+        self._call({"op": "script", "path": path, "steps": [_step_data(s) for s in steps]})
+
+    def limit(
+        self,
+        limits: Iterable[tuple[int, float]] | None,
+        retry_after: float | str | Callable[[], str] = 1,
+        count_rejected: bool = False,
+        key: Callable[[Record], Hashable] | None = None,
+    ) -> None:
+        if callable(retry_after) or key is not None:
+            raise TypeError("a server process takes no callables")
+        self._call(
+            {
+                "op": "limit",
+                "limits": [list(pair) for pair in limits or ()],
+                "retry_after": str(retry_after),
+                "count_rejected": count_rejected,
+            }
+        )
+
+    def reset(self) -> None:
+        self._call({"op": "reset"})
+
+    @property
+    def records(self) -> list[Record]:
+        return [
+            Record(
+                t=r["t"],
+                method=r["method"],
+                path=r["path"],
+                headers=Headers(r["headers"]),
+                body=r["body"].encode("latin-1"),
+                status=r["status"],
+                thread_id=r["thread_id"],
+                client_port=r["client_port"],
+                rate_limited=r["rate_limited"],
+            )
+            for r in self._call({"op": "records"})["records"]
+        ]
+
+    @property
+    def in_flight(self) -> int:
+        raise NotImplementedError("not available for a server process")
+
+    @property
+    def peak_in_flight(self) -> int:
+        raise NotImplementedError("not available for a server process")
+
+    def wait_idle(self, timeout: float = 2.0) -> bool:
+        raise NotImplementedError("not available for a server process")
+
+
+def _step_data(step: Step) -> dict[str, Any]:
+    return {
+        "status": step.status,
+        "headers": dict(step.headers),
+        "body": step.body.decode("latin-1"),
+        "delay": step.delay,
+        "action": step.action,
+        "trickle_interval": step.trickle_interval,
+    }
+
+
+def _serve_commands(server: ScriptedServer) -> None:
+    """The server process's side of :class:`ServerProcess`: one JSON command a line."""
+    for line in sys.stdin:
+        message = json.loads(line)
+        op = message.pop("op")
+        reply: dict[str, Any] = {}
+        try:
+            if op == "port":
+                reply["port"] = server.port
+            elif op == "script":
+                steps = [
+                    Step(**{**d, "body": d["body"].encode("latin-1")}) for d in message["steps"]
+                ]
+                server.script(message["path"], *steps)
+            elif op == "limit":
+                server.limit(
+                    [tuple(pair) for pair in message["limits"]],
+                    message["retry_after"],
+                    message["count_rejected"],
+                )
+            elif op == "reset":
+                server.reset()
+            elif op == "records":
+                reply["records"] = [
+                    {
+                        "t": r.t,
+                        "method": r.method,
+                        "path": r.path,
+                        "headers": list(r.headers.items()),
+                        "body": r.body.decode("latin-1"),
+                        "status": r.status,
+                        "thread_id": r.thread_id,
+                        "client_port": r.client_port,
+                        "rate_limited": r.rate_limited,
+                    }
+                    for r in server.records
+                ]
+            else:
+                reply["error"] = f"unknown op {op!r}"
+        except (TypeError, ValueError) as exc:
+            reply["error"] = str(exc)
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    with ScriptedServer() as _server:
+        _serve_commands(_server)

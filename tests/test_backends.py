@@ -427,19 +427,19 @@ def test_redis_script_flush_and_restart_mid_run(
 
 
 def test_redis_down_with_fallback_limits_per_process_and_warns_once(
-    server: ScriptedServer, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+    strict_server: ScriptedServer, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     import redis
 
     redis_server.stop()
     caplog.set_level(logging.INFO, "syncfetch")
-    server.limit([(5, 1.0)])
-    url = server.url_for("/x")
+    strict_server.limit([(5, 1.0)])
+    url = strict_server.url_for("/x")
     with syncfetch.Session("5/s", backend=redis_server.url, on_backend_error="fallback") as s:
         with ThreadPoolExecutor(4) as pool:
             statuses = list(pool.map(lambda _: s.get(url).status_code, range(12)))
         assert statuses == [200] * 12
-        assert server.count(status=429) == 0
+        assert strict_server.count(status=429) == 0
         warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1, [r.getMessage() for r in warnings]
         assert redis_server.url in warnings[0].getMessage()
@@ -616,3 +616,42 @@ def test_sqlite_max_wait_raises_rate_limit_exceeded_not_backend_unavailable(
             s.get(server.url)
     assert not isinstance(info.value, syncfetch.BackendUnavailable)
     assert 50 < (info.value.retry_after or 0) <= 60.1
+
+
+# -- dating tokens by their send ---------------------------------------------------------
+
+
+def test_sqlite_dates_a_token_by_its_send_however_late(tmp_path: Path) -> None:
+    limiter = SQLiteLimiter(tmp_path / "l.db", [Rate(5, 1000)], arrival=0.01)
+    token = limiter.acquire("k", None)
+    token.sent = token.handle.taken_at + 0.5  # a 500 ms local delay before the send
+    token.answered = token.sent + 0.002
+    time.sleep(0.6)
+    limiter.settle(token)
+    conn = sqlite3.connect(tmp_path / "l.db")
+    [(ts, exp)] = conn.execute("SELECT ts, exp FROM syncfetch_log").fetchall()
+    conn.close()
+    limiter.close()
+    # Dated by the answer (the first of its key), 502 ms after the take: not capped.
+    assert 500 <= ts - token.handle.ts <= 503 and exp == ts + 1000
+
+
+def test_redis_dates_a_token_by_its_send_and_keeps_it_alive(redis_server: RedisServer) -> None:
+    import redis
+
+    from syncfetch._redis_limiter import RedisLimiter
+
+    client = redis.Redis.from_url(redis_server.url)
+    limiter = RedisLimiter(client, [Rate(5, 1000)], arrival=0.01)
+    token = limiter.acquire("k", None)
+    token.sent = token.handle.taken_at + 0.5
+    token.answered = token.sent + 0.002
+    time.sleep(0.6)
+    limiter.settle(token)
+    score = client.zscore(token.handle.zkey, token.handle.member)
+    ttl = client.pttl(token.handle.zkey)
+    limiter.close()
+    client.close()
+    assert score is not None and 500 <= score - token.handle.score <= 503
+    # The set outlives the re-dated entry's window (about 500 ms later than its take).
+    assert ttl > 1000 + 500 - 600 - 50

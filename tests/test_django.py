@@ -180,11 +180,13 @@ def test_real_limit_in_process(settings: Any, server: ScriptedServer):
 
 
 @pytest.mark.slow
-def test_gunicorn_gthread_keeps_upstream_within_its_limit(server: ScriptedServer, tmp_path: Any):
-    server.limit([(UPSTREAM_LIMIT, 1.0)])
+def test_gunicorn_gthread_keeps_upstream_within_its_limit(
+    strict_server: ScriptedServer, tmp_path: Any
+):
+    strict_server.limit([(UPSTREAM_LIMIT, 1.0)])
     env = {
         "DJANGO_SETTINGS_MODULE": "tests.django_settings",
-        UPSTREAM_ENV: server.url,
+        UPSTREAM_ENV: strict_server.url,
         LIMITS_ENV: f"{UPSTREAM_LIMIT // WORKERS}/second",
         MAX_WAIT_ENV: "1.0",
     }
@@ -203,7 +205,7 @@ def test_gunicorn_gthread_keeps_upstream_within_its_limit(server: ScriptedServer
     # Both worker processes served, each within its own half of the limit.
     check_load_outcome(
         replies,
-        server,
+        strict_server,
         log,
         workers=WORKERS,
         limit=UPSTREAM_LIMIT,

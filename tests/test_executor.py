@@ -266,3 +266,80 @@ def test_breaking_out_of_a_rate_limited_map_closes_promptly(server: ScriptedServ
     s.close()  # items still waiting for tokens (minutes away) end at once
     assert time.monotonic() - start < 5
     assert server.count() == 2
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_close_during_map_yields_one_result_per_item(ordered: bool) -> None:
+    # 3 workers, 2/minute: items 0 and 1 are on the wire (gated), item 2 waits for a
+    # token; close() ends that wait and items 3-9 never start.
+    gate = GateAdapter()
+    s = syncfetch.Session("2/minute", max_concurrency=3, max_workers=3)
+    s.mount("mock://", gate)
+    results: list[syncfetch.Result] = []
+    failure: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            results.extend(s.map([f"mock://h/{i}" for i in range(10)], ordered=ordered))
+        except BaseException as exc:  # pragma: no cover - the failure being tested
+            failure.append(exc)
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    deadline = time.monotonic() + 10
+    while gate.started < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)  # the third worker waits for a token by now
+    closer = threading.Thread(target=s.close)
+    closer.start()
+    time.sleep(0.1)
+    gate.release.set()  # the two on the wire finish
+    closer.join(10)
+    consumer.join(10)
+    assert not closer.is_alive() and not consumer.is_alive()
+    assert failure == []
+    assert sorted(r.index for r in results) == list(range(10))
+    by_index = {r.index: r for r in results}
+    assert by_index[0].ok and by_index[1].ok
+    cut = [r for r in results if r.index >= 2]
+    assert all(isinstance(r.error, syncfetch.SessionClosed) for r in cut), cut
+    assert gate.started == 2  # nothing else reached the wire
+    if ordered:
+        assert [r.index for r in results] == list(range(10))
+
+
+def test_map_workers_take_items_without_waiting_for_the_consumer() -> None:
+    # The consumer sits on its first result; the workers carry on up to the window.
+    with syncfetch.Session(max_concurrency=4) as s:
+        s.mount("mock://", CannedAdapter())
+        results = s.map([f"mock://h/{i}" for i in range(100)], ordered=False)
+        next(results)
+        deadline = time.monotonic() + 10
+        while s.stats.requests < 9 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        assert s.stats.requests == 9  # the one yielded + a full window of 2 x 4
+        assert len(list(results)) == 99
+
+
+def test_submit_gets_a_worker_while_a_long_map_runs() -> None:
+    with syncfetch.Session(max_concurrency=2) as s:
+        s.mount("mock://", CannedAdapter())
+        items = (f"mock://h/{i}" for i in range(1_000_000))
+        results = s.map(items)
+        next(results)
+        future = s.submit("GET", "mock://h/direct")
+        for _ in range(200):  # the map goes on; the submitted call runs meanwhile
+            next(results)
+        assert future.result(10).status_code == 200
+
+
+def test_submit_and_wait_inside_a_map_loop_does_not_deadlock() -> None:
+    # The consumer waits on a submitted call while every map worker waits for it.
+    with syncfetch.Session(max_concurrency=2) as s:
+        s.mount("mock://", CannedAdapter())
+        for n, result in enumerate(s.map(f"mock://h/{i}" for i in range(50))):
+            assert result.ok
+            if n % 10 == 0:
+                time.sleep(0.05)  # the window fills meanwhile
+                assert s.submit("GET", "mock://h/inner").result(10).status_code == 200

@@ -524,7 +524,7 @@ def test_fallback_record_stays_bounded_while_the_backend_is_healthy() -> None:
         clock.offset = float(second)
         for _ in range(LIMIT):
             fallback.record(f"host{second % 7}")
-    assert sum(len(b.items) for b in fallback._buckets.values()) <= 11 * LIMIT
+    assert sum(len(log.dates) for log in fallback._logs.values()) <= 11 * LIMIT
 
 
 def test_hung_redis_without_max_wait_costs_one_socket_timeout(

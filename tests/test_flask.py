@@ -221,11 +221,11 @@ def test_real_limit_in_process(monkeypatch: pytest.MonkeyPatch, server: Scripted
 
 @pytest.mark.slow
 def test_gunicorn_gthread_preload_keeps_upstream_within_its_limit(
-    server: ScriptedServer, tmp_path: Any
+    strict_server: ScriptedServer, tmp_path: Any
 ):
-    server.limit([(UPSTREAM_LIMIT, 1.0)])
+    strict_server.limit([(UPSTREAM_LIMIT, 1.0)])
     env = {
-        UPSTREAM_ENV: server.url,
+        UPSTREAM_ENV: strict_server.url,
         LIMITS_ENV: f"{UPSTREAM_LIMIT // WORKERS}/second",
         MAX_WAIT_ENV: "1.0",
     }
@@ -244,7 +244,7 @@ def test_gunicorn_gthread_preload_keeps_upstream_within_its_limit(
     # Both worker processes served, each within its own half of the limit.
     check_load_outcome(
         replies,
-        server,
+        strict_server,
         log,
         workers=WORKERS,
         limit=UPSTREAM_LIMIT,
@@ -254,12 +254,14 @@ def test_gunicorn_gthread_preload_keeps_upstream_within_its_limit(
 
 
 @pytest.mark.slow
-def test_gunicorn_three_workers_share_one_sqlite_limit(server: ScriptedServer, tmp_path: Any):
+def test_gunicorn_three_workers_share_one_sqlite_limit(
+    strict_server: ScriptedServer, tmp_path: Any
+):
     # Issue 4: 3 worker processes, --preload, the session built at import, all workers
     # drawing from one limit through the SQLite backend (each configured at the full rate).
-    server.limit([(UPSTREAM_LIMIT, 1.0)])
+    strict_server.limit([(UPSTREAM_LIMIT, 1.0)])
     env = {
-        UPSTREAM_ENV: server.url,
+        UPSTREAM_ENV: strict_server.url,
         LIMITS_ENV: f"{UPSTREAM_LIMIT}/second",
         MAX_WAIT_ENV: "1.0",
         BACKEND_ENV: f"sqlite:///{tmp_path / 'limits.db'}",
@@ -276,7 +278,7 @@ def test_gunicorn_three_workers_share_one_sqlite_limit(server: ScriptedServer, t
     log = gunicorn.log()
     assert len(replies) == 200
     check_load_outcome(
-        replies, server, log, workers=3, limit=UPSTREAM_LIMIT, min_ok=0, require_shed=False
+        replies, strict_server, log, workers=3, limit=UPSTREAM_LIMIT, min_ok=0, require_shed=False
     )
 
 

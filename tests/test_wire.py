@@ -5,11 +5,14 @@ from __future__ import annotations
 import io
 import logging
 import pickle
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,36 +34,36 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_strict_server_sees_no_429_from_16_threads(server: ScriptedServer) -> None:
-    server.limit([(25, 1.0)])
-    url = server.url_for("/item")
+def test_strict_server_sees_no_429_from_16_threads(strict_server: ScriptedServer) -> None:
+    strict_server.limit([(25, 1.0)])
+    url = strict_server.url_for("/item")
     with syncfetch.Session("25/second", max_concurrency=16) as s:
         statuses = hammer(16, [lambda: s.get(url).status_code] * 100)
     assert statuses == [200] * 100
-    assert server.count(status=429) == 0
-    assert server.max_in_window(1.0) == 25
+    assert strict_server.count(status=429) == 0
+    assert strict_server.max_in_window(1.0) == 25
 
 
-def test_two_limits_both_hold_on_the_wire(server: ScriptedServer) -> None:
-    server.limit([(10, 1.0), (15, 3.0)])
-    url = server.url_for("/")
+def test_two_limits_both_hold_on_the_wire(strict_server: ScriptedServer) -> None:
+    strict_server.limit([(10, 1.0), (15, 3.0)])
+    url = strict_server.url_for("/")
     with syncfetch.Session(["10/s", "15/3s"], max_concurrency=8) as s:
         hammer(8, [lambda: s.get(url)] * 20)
-    assert server.count(status=429) == 0 and server.count() == 20
+    assert strict_server.count(status=429) == 0 and strict_server.count() == 20
 
 
-def test_retries_pay_tokens_too(server: ScriptedServer) -> None:
+def test_retries_pay_tokens_too(strict_server: ScriptedServer) -> None:
     # Each path fails twice before succeeding: 3 attempts per call, all rate limited.
-    server.limit([(15, 1.0)])
+    strict_server.limit([(15, 1.0)])
     for i in range(10):
-        server.script(f"/f{i}", Step(status=503), Step(status=500), Step())
+        strict_server.script(f"/f{i}", Step(status=503), Step(status=500), Step())
     with syncfetch.Session("15/s", max_concurrency=10) as s:
         statuses = hammer(
-            10, [lambda i=i: s.get(server.url_for(f"/f{i}")).status_code for i in range(10)]
+            10, [lambda i=i: s.get(strict_server.url_for(f"/f{i}")).status_code for i in range(10)]
         )
         attempts = s.stats.attempts
     assert statuses == [200] * 10 and attempts == 30
-    assert server.count() == 30 and server.count(status=429) == 0
+    assert strict_server.count() == 30 and strict_server.count(status=429) == 0
 
 
 def test_concurrency_is_capped_without_pool_warnings(
@@ -124,13 +127,13 @@ def test_a_redirect_with_a_broken_gzip_body_is_followed(
             assert r.status_code == 302 and r.content == b""
 
 
-def test_redirect_hops_take_tokens(server: ScriptedServer) -> None:
-    server.limit([(3, 1.0)])
+def test_redirect_hops_take_tokens(strict_server: ScriptedServer) -> None:
+    strict_server.limit([(3, 1.0)])
     for i in range(4):
-        server.script(f"/r{i}", Step(status=302, headers={"Location": f"/r{i + 1}"}))
+        strict_server.script(f"/r{i}", Step(status=302, headers={"Location": f"/r{i + 1}"}))
     with syncfetch.Session("3/s") as s:
-        assert s.get(server.url_for("/r0")).status_code == 200
-    assert server.count() == 5 and server.count(status=429) == 0
+        assert s.get(strict_server.url_for("/r0")).status_code == 200
+    assert strict_server.count() == 5 and strict_server.count(status=429) == 0
 
 
 def test_connection_reset_is_retried(server: ScriptedServer) -> None:
@@ -373,3 +376,108 @@ def test_close_ends_a_call_waiting_for_a_token(server: ScriptedServer) -> None:
     assert len(errors) == 1 and isinstance(errors[0], syncfetch.SessionClosed)
     assert server.count() == 1
     s.close()
+
+
+def _noting_sends(s: syncfetch.Session) -> list[tuple[float | None, float]]:
+    """Record (token.sent, settle time) for every token the session settles."""
+    limiter: Any = s._pipeline.limiter
+    seen: list[tuple[float | None, float]] = []
+    settle = limiter.settle
+
+    def noting(token: Any) -> None:
+        seen.append((token.sent, time.monotonic()))
+        settle(token)
+
+    limiter.settle = noting
+    return seen
+
+
+def test_every_attempt_notes_when_its_request_left(server: ScriptedServer) -> None:
+    server.script("/slow", Step(delay=0.3))
+    server.script("/hop", Step(status=302, headers={"Location": "/slow"}))
+    server.script("/flaky", Step(status=503), Step())
+    with syncfetch.Session("100/s") as s:
+        seen = _noting_sends(s)
+        start = time.monotonic()
+        s.get(server.url_for("/slow"))  # a new connection
+        s.get(server.url_for("/slow"), stream=True).close()  # streamed, reused
+        s.get(server.url_for("/hop"))  # a redirect: two attempts
+        s.get(server.url_for("/flaky"))  # a retry: two attempts
+        s.get("http://upstream.test/slow", proxies={"http": server.url})  # via a proxy
+    assert len(seen) == 7
+    for sent, settled in seen:
+        assert sent is not None and start <= sent <= settled
+    # Each send is noted before the response: 300 ms before it for the three answers
+    # to /slow (the proxied path is the absolute URI, not scripted).
+    slow = [settled - sent for sent, settled in seen if sent is not None]
+    assert sum(1 for d in slow if d >= 0.3) == 3
+
+
+def test_a_user_mounted_adapter_falls_back_to_the_response_time(server: ScriptedServer) -> None:
+    with syncfetch.Session("100/s") as s:
+        s.mount("http://", requests.adapters.HTTPAdapter())
+        seen = _noting_sends(s)
+        s.get(server.url_for("/x"))
+    assert [sent for sent, _ in seen] == [None]
+
+
+def test_a_slow_server_is_not_charged_to_the_limit(server: ScriptedServer) -> None:
+    # Each answer 400 ms late, as usual for this server: once that is known (after the
+    # first answer), a token is dated by its send (+ 10 ms), not by its answer.
+    server.script("/slow", Step(delay=0.4))
+    with syncfetch.Session("5/second") as s:
+        seen = _noting_sends(s)
+        s.get(server.url_for("/slow"))
+        s.get(server.url_for("/slow"))
+        limiter: Any = s._pipeline.limiter
+        first, second = limiter._logs[f"http://127.0.0.1:{server.port}"].dates
+    assert [settled - sent >= 0.4 for sent, settled in seen if sent] == [True, True]
+    assert first >= seen[0][0] + 0.4  # nothing known yet: the answer dates it  # type: ignore[operator]
+    # The second took about as long as the first: dated send + 10 ms, give or take
+    # the difference between the two answer times.
+    assert second - seen[1][0] < 0.010 + 0.1  # type: ignore[operator]
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_https_attempts_note_their_send(tmp_path: Path) -> None:
+    import ssl
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+    class Hello(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with syncfetch.Session("100/s") as s:
+            seen = _noting_sends(s)
+            url = f"https://127.0.0.1:{httpd.server_address[1]}/"
+            assert [s.get(url, verify=str(cert)).status_code for _ in range(2)] == [200, 200]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert len(seen) == 2 and all(sent is not None for sent, _ in seen)
