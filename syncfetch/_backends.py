@@ -62,7 +62,9 @@ def make_limiter(
     if cluster_url or type(backend).__name__ == "RedisCluster":
         from ._redis_cluster import RedisClusterLimiter
 
-        return RedisClusterLimiter(backend, rates, margin=margin, on_backend_error=on_backend_error)
+        return RedisClusterLimiter(
+            backend, rates, margin=margin, arrival=arrival, on_backend_error=on_backend_error
+        )
     if isinstance(backend, str) and backend.startswith(
         ("redis://", "rediss://", "unix://", *SENTINEL_PREFIXES)
     ):

@@ -22,7 +22,13 @@ from requests import PreparedRequest, Request, Response
 from requests.adapters import BaseAdapter, HTTPAdapter
 
 from ._adaptive import Adaptive, AdaptiveLimiter
-from ._backends import BACKEND_FORMS, ON_BACKEND_ERROR, make_limiter
+from ._backends import (
+    BACKEND_FORMS,
+    CLUSTER_PREFIXES,
+    ON_BACKEND_ERROR,
+    SENTINEL_PREFIXES,
+    make_limiter,
+)
 from ._events import EventHook, hooks_of
 from ._exceptions import SessionClosed
 from ._executor import BoundedExecutor
@@ -136,7 +142,14 @@ def _check_max_workers(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-BACKEND_PREFIXES = ("sqlite:///", "redis://", "rediss://", "unix://")
+BACKEND_PREFIXES = (
+    "sqlite:///",
+    "redis://",
+    "rediss://",
+    "unix://",
+    *CLUSTER_PREFIXES,
+    *SENTINEL_PREFIXES,
+)
 
 
 def _check_backend(backend: Any) -> Any:

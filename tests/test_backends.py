@@ -52,7 +52,7 @@ class Outcome:
 
     tag: str
     ok: int = 0
-    errors: list[float] = dataclasses.field(default_factory=list)  # monotonic times
+    errors: list[tuple[float, float]] = dataclasses.field(default_factory=list)  # (start, end)
     unexpected: list[str] = dataclasses.field(default_factory=list)
     token_wait: float = 0.0
     wire: list[float] = dataclasses.field(default_factory=list)  # seconds on the wire
@@ -90,12 +90,13 @@ def client_main(
                     if next(tickets) >= count:
                         return
                 while True:
+                    started = time.monotonic()
                     try:
                         resp = session.get(url, headers={"X-Client": tag})
                         resp.raise_for_status()
                     except BackendUnavailable:
                         with lock:
-                            outcome.errors.append(time.monotonic())
+                            outcome.errors.append((started, time.monotonic()))
                         time.sleep(0.02)
                         continue
                     except Exception as exc:
@@ -243,10 +244,10 @@ def sqlite_url(tmp_path: Path) -> str:
 
 @pytest.mark.slow
 def test_sqlite_four_processes_share_one_limit_exactly_and_fairly(
-    server: ScriptedServer, tmp_path: Path
+    strict_server: ScriptedServer, tmp_path: Path
 ) -> None:
-    server.limit([(RATE, 1.0)])
-    run = run_clients(server, sqlite_url(tmp_path))
+    strict_server.limit([(RATE, 1.0)])
+    run = run_clients(strict_server, sqlite_url(tmp_path))
     print(describe("sqlite", run))
     check_run(run)
 
@@ -384,21 +385,21 @@ def _rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
 
 @pytest.mark.slow
 def test_redis_four_processes_share_one_limit_exactly_and_fairly(
-    server: ScriptedServer, redis_server: RedisServer
+    strict_server: ScriptedServer, redis_server: RedisServer
 ) -> None:
-    server.limit([(RATE, 1.0)])
-    run = run_clients(server, redis_server.url)
+    strict_server.limit([(RATE, 1.0)])
+    run = run_clients(strict_server, redis_server.url)
     print(describe("redis", run))
     check_run(run)
 
 
 @pytest.mark.slow
 def test_redis_script_flush_and_restart_mid_run(
-    server: ScriptedServer, redis_server: RedisServer
+    strict_server: ScriptedServer, redis_server: RedisServer
 ) -> None:
     import redis
 
-    server.limit([(RATE, 1.0)])
+    strict_server.limit([(RATE, 1.0)])
     outage: list[float] = []
 
     def disturb() -> None:
@@ -413,7 +414,7 @@ def test_redis_script_flush_and_restart_mid_run(
         redis_server.restart(down_for=0.4)  # data lost: no RDB, no AOF
         outage.append(time.monotonic())
 
-    run = run_clients(server, redis_server.url, during=disturb)
+    run = run_clients(strict_server, redis_server.url, during=disturb)
     errors = sum(len(o.errors) for o in run.outcomes.values())
     print(describe("redis with SCRIPT FLUSH and a restart", run))
     print(f"  Redis down {outage[1] - outage[0]:.2f} s; {errors} x BackendUnavailable, retried")
@@ -421,7 +422,10 @@ def test_redis_script_flush_and_restart_mid_run(
         assert outcome.unexpected == [], outcome
         assert outcome.ok == PER_PROCESS, outcome
         # BackendUnavailable only while Redis was down (and the call that noticed).
-        assert all(outage[0] <= t <= outage[1] + 0.5 for t in outcome.errors), outcome.errors
+        # BackendUnavailable only for calls that overlapped the outage (one that began
+        # as Redis came back may wait out its 1 s connect timeout).
+        outside = [(a, b) for a, b in outcome.errors if a > outage[1] + 0.5 or b < outage[0]]
+        assert not outside, (outage, outside)
     assert run.rejected == 0
     assert run.max_in_window <= RATE
 

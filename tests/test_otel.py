@@ -167,3 +167,36 @@ def test_http_instrumentations_are_suppressed_inside_a_call(
         list(s.map(["http://api.test/x"]))
     assert suppressed == [False, True, True]
     assert len(exporter.get_finished_spans()) == 4
+
+
+def test_with_the_real_requests_instrumentation_each_request_gets_one_client_span(
+    mocked: responses.RequestsMock,
+) -> None:
+    # opentelemetry-instrumentation-requests wraps requests.Session.send for every session.
+    from opentelemetry.instrumentation.requests import RequestsInstrumentor
+
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    mocked.get("http://api.test/x")
+    instrumentor = RequestsInstrumentor()
+    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
+    try:
+        with requests.Session() as plain:
+            plain.get("http://api.test/x")
+        assert len(by_kind(exporter.get_finished_spans(), SpanKind.CLIENT)) == 1
+        with syncfetch.Session() as s:
+            s.get("http://api.test/x")  # not instrumented by syncfetch: theirs only
+            assert len(by_kind(exporter.get_finished_spans(), SpanKind.CLIENT)) == 2
+            syncfetch.otel.instrument(s, tracer_provider, meter_provider)
+            exporter.clear()
+            s.get("http://api.test/x")
+    finally:
+        instrumentor.uninstrument()
+        meter_provider.shutdown()
+        tracer_provider.shutdown()
+    spans = exporter.get_finished_spans()
+    # Instrumented by syncfetch: its call span and one client span per attempt, no other.
+    assert len(by_kind(spans, SpanKind.INTERNAL)) == 1
+    assert len(by_kind(spans, SpanKind.CLIENT)) == 1
