@@ -7,11 +7,13 @@ import re
 import time
 from collections.abc import Mapping
 
+from ._dialects import describe, dialect_wait, retry_after_ms
 from ._limiter import MAX_PAUSE
 from ._retry import parse_retry_after
 
-#: Statuses whose ``Retry-After`` pauses the whole bucket key, not just the one request.
-COOLDOWN_STATUSES = frozenset({429, 503})
+#: Statuses whose ``Retry-After`` pauses the whole bucket key, not just the one request
+#: (403 with ``Retry-After`` is GitHub's secondary limit, 418 Binance's IP ban).
+COOLDOWN_STATUSES = frozenset({403, 418, 429, 503})
 
 # A reset above this is an epoch time, below it a delay: 1e9 s is September 2001,
 # while no provider asks for a delay of 30 years. Epoch milliseconds are above 1e12.
@@ -107,20 +109,25 @@ def server_wait(
     :param retry_after: honour ``Retry-After`` on 429 and 503.
     :param quota: honour rate-limit headers that report a spent quota.
     """
+    wait, why = None, ""
     if retry_after and status in COOLDOWN_STATUSES:
-        wait = parse_retry_after(headers.get("Retry-After"))
-        if wait is not None:
-            return wait, f"Retry-After on {status}"
-    if quota:
-        wait = quota_wait(headers)
-        if wait is not None:
-            return wait, f"quota spent ({status})"
-    return None, ""
+        wait, why = parse_retry_after(headers.get("Retry-After")), f"Retry-After on {status}"
+        if wait is None:
+            wait, why = retry_after_ms(headers), f"retry-after-ms on {status}"
+    if wait is None and quota:
+        wait, why = quota_wait(headers), f"quota spent ({status})"
+        if wait is None:
+            wait, why = dialect_wait(status, headers)
+    if wait is None:
+        return None, ""
+    more = describe(headers)  # the provider's bucket or used weight, for the log line
+    return wait, f"{why}; {more}" if more else why
 
 
 def is_throttle(status: int, headers: Mapping[str, str]) -> bool:
-    """429, or a 403 that reports a spent quota (GitHub's form of throttling)."""
-    if status == 429:
+    """429; a 403 or 418 with ``Retry-After`` (GitHub's secondary limit, Binance's ban); or a
+    403 that reports a spent quota (GitHub's primary limit)."""
+    if status == 429 or (status in (403, 418) and "Retry-After" in headers):
         return True
     return status == 403 and any(
         _number(headers.get(p + "Remaining")) == 0 for p in ("X-RateLimit-", "RateLimit-")

@@ -6,7 +6,8 @@ requests count in the windows. Admitted requests then fail like a real provider'
 30% ``503`` and 2% TCP resets, after a latency of 20 ms. The outcome of the n-th admitted
 attempt at a path depends only on the seed, the path and n, so every client of the demo
 meets the same faults. :class:`Provider` runs it in a child process, so it never competes
-for the client's GIL, and returns every arrival when stopped.
+for the client's GIL, and returns every arrival when stopped: it is a
+:class:`syncfetch.testing.FakeAPI`, which builds on :class:`ProviderServer`.
 """
 
 from __future__ import annotations
@@ -16,10 +17,7 @@ import contextlib
 import dataclasses
 import json
 import math
-import multiprocessing
-import os
 import random
-import signal
 import socket
 import socketserver
 import struct
@@ -28,18 +26,17 @@ import threading
 import time
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from types import TracebackType
-from typing import IO, NamedTuple
+from typing import IO, TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from .testing import FakeAPI
 
 #: Status recorded for a request answered with a TCP reset.
 RESET = 0
 Limits = Sequence[tuple[int, float]]
 
 _REASONS = {200: "OK", 429: "Too Many Requests", 503: "Service Unavailable"}
-# A provider outlives no demo: it stops by itself after this long, or when its parent dies.
-_MAX_LIFE = 3600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,26 +230,11 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-def _child(config: ProviderConfig, conn: Connection, parent: int) -> None:
-    """Child process body: serve until told to stop (or orphaned), then send the records."""
-    # Ctrl-C reaches the whole process group; the parent stops us in its finally.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    server = ProviderServer(config)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    conn.send(server.server_address[1])
-    end = time.monotonic() + _MAX_LIFE
-    with contextlib.suppress(EOFError, OSError):
-        while not conn.poll(0.2):
-            if os.getppid() != parent or time.monotonic() > end:
-                break
-    server.shutdown()
-    with contextlib.suppress(OSError):
-        conn.send(server.records())
-    server.server_close()
-
-
 class Provider:
     """The provider in a child process: ``with Provider(cfg) as p:`` serves on ``p.url``.
+
+    A :class:`syncfetch.testing.FakeAPI` (plain dialect, sliding windows) configured from
+    ``config``: the same admission, fault draws and ``Retry-After`` as :class:`ProviderServer`.
 
     :param config: the provider's settings.
     """
@@ -260,62 +242,37 @@ class Provider:
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
         self.url = ""
-        self._conn: Connection | None = None
-        self._proc: BaseProcess | None = None
+        self._api: FakeAPI | None = None
 
     def start(self) -> Provider:
         """Start the child process and wait until it listens.
 
         :raises RuntimeError: when the child does not come up within 30 s.
         """
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child_conn = ctx.Pipe()
-        self._proc = ctx.Process(
-            target=_child,
-            args=(self.config, child_conn, os.getpid()),
-            daemon=True,
-            name="syncfetch-provider",
-        )
-        try:
-            self._proc.start()
-            child_conn.close()
-            if not self._conn.poll(30):
-                raise EOFError
-            port = self._conn.recv()
-        except (EOFError, OSError):
-            self.terminate()
-            raise RuntimeError("the demo provider did not start within 30 s") from None
-        except BaseException:  # Ctrl-C while starting: __exit__ will not run
-            self.terminate()
-            raise
-        self.url = f"http://127.0.0.1:{port}/"
+        from .testing import FakeAPI  # syncfetch.testing builds on this module
+
+        cfg = self.config
+        self._api = FakeAPI(
+            cfg.limits or None,
+            fail_rate=cfg.fail_rate,
+            reset_rate=cfg.reset_rate,
+            latency=cfg.latency,
+            seed=cfg.seed,
+        ).start()
+        self.url = self._api.url + "/"
         return self
 
     def stop(self) -> list[Arrival]:
         """Stop serving and return every arrival (empty if the child is gone)."""
-        records: list[Arrival] = []
-        if self._conn is not None:
-            try:
-                self._conn.send("stop")
-                if self._conn.poll(10):
-                    records = self._conn.recv()
-            except (EOFError, OSError):
-                pass
-        if self._proc is not None:
-            self._proc.join(5)
-        self.terminate()
-        return records
+        if self._api is None:
+            return []
+        self._api.stop()
+        return [Arrival(a.at, a.path, a.status) for a in self._api.arrivals()]
 
     def terminate(self) -> None:
         """End the child process now (idempotent)."""
-        if self._proc is not None:
-            if self._proc.is_alive():
-                self._proc.terminate()
-                self._proc.join(5)
-            self._proc = None
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        if self._api is not None:
+            self._api.stop()
 
     def __enter__(self) -> Provider:
         return self.start()
