@@ -4,7 +4,7 @@ Client processes are spawned (not forked: the test process runs server threads),
 with its own ``syncfetch.Session``, and tag their requests with ``X-Client`` so the
 server's records give every process's share.
 
-Run as a script to print the figures quoted in the README (4 processes x 8 threads at
+Run as a script to print the figures quoted in docs/many-processes.md (4 processes x 8 threads at
 40/s: 429s, efficiency, shares; ``-unfair``: without the ticket queue; ``cost``:
 latency of acquire + settle under a limit that never binds)::
 
@@ -573,7 +573,7 @@ def measure_cost(backend: str, processes: int, threads: int, count: int) -> str:
 
 
 def _measure(which: list[str]) -> None:
-    """Print the figures quoted in the README (multi-process accuracy, acquire cost)."""
+    """Print the figures quoted in docs/many-processes.md (multi-process accuracy, acquire cost)."""
     import tempfile
 
     for name in which:

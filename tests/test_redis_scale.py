@@ -318,8 +318,8 @@ def test_cluster_over_tls_with_a_password_never_shown(server: ScriptedServer) ->
 
 
 def _measure(rounds: int) -> None:
-    """Print the Cluster and Valkey figures quoted in the README, alternating with a single
-    Redis: ``python -m tests.test_redis_scale [ROUNDS]``."""
+    """Print the Cluster and Valkey figures quoted in docs/many-processes.md, alternating
+    with a single Redis: ``python -m tests.test_redis_scale [ROUNDS]``."""
     with (
         RedisServer() as single,
         RedisCluster(masters=3) as cluster,
