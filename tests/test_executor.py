@@ -270,8 +270,8 @@ def test_breaking_out_of_a_rate_limited_map_closes_promptly(server: ScriptedServ
 
 @pytest.mark.parametrize("ordered", [True, False])
 def test_close_during_map_yields_one_result_per_item(ordered: bool) -> None:
-    # 3 workers, 2/minute: items 0 and 1 are on the wire (gated), item 2 waits for a
-    # token; close() ends that wait and items 3-9 never start.
+    # 3 workers, 2/minute: two items are on the wire (gated), a third waits for a
+    # token; close() ends that wait and the others never start.
     gate = GateAdapter()
     s = syncfetch.Session("2/minute", max_concurrency=3, max_workers=3)
     s.mount("mock://", gate)
@@ -299,9 +299,11 @@ def test_close_during_map_yields_one_result_per_item(ordered: bool) -> None:
     assert not closer.is_alive() and not consumer.is_alive()
     assert failure == []
     assert sorted(r.index for r in results) == list(range(10))
-    by_index = {r.index: r for r in results}
-    assert by_index[0].ok and by_index[1].ok
-    cut = [r for r in results if r.index >= 2]
+    # Which two items won the tokens depends on how the workers were scheduled: those
+    # two finish, every other one is a SessionClosed result.
+    sent = [r for r in results if r.ok]
+    assert len(sent) == 2, results
+    cut = [r for r in results if not r.ok]
     assert all(isinstance(r.error, syncfetch.SessionClosed) for r in cut), cut
     assert gate.started == 2  # nothing else reached the wire
     if ordered:
