@@ -44,11 +44,11 @@ def _fetch(inp: Path, out: Path, shard: str, backend: str, *extra: str) -> subpr
 
 @pytest.mark.slow
 def test_four_shards_share_one_redis_limit_and_merge_into_input_order(
-    server: ScriptedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    strict_server: ScriptedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    server.limit([(RATE, 1.0)])
+    strict_server.limit([(RATE, 1.0)])
     inp = tmp_path / "urls.txt"
-    lines = ["# a crawl", ""] + [server.url_for(f"/item/{i}") for i in range(ITEMS)]
+    lines = ["# a crawl", ""] + [strict_server.url_for(f"/item/{i}") for i in range(ITEMS)]
     inp.write_text("\n".join(lines) + "\n")
     parts = [tmp_path / f"part-{k}.jsonl" for k in range(4)]
     with RedisServer() as redis_server:
@@ -56,9 +56,9 @@ def test_four_shards_share_one_redis_limit_and_merge_into_input_order(
         for proc in procs:
             _, err = proc.communicate(timeout=60)
             assert proc.returncode == 0, err.decode()
-        assert server.count(status=429) == 0
-        assert server.max_in_window(1.0) <= RATE
-        assert server.count() == ITEMS  # every item once, across the shards
+        assert strict_server.count(status=429) == 0
+        assert strict_server.max_in_window(1.0) <= RATE
+        assert strict_server.count() == ITEMS  # every item once, across the shards
         counts = [len(p.read_text().splitlines()) for p in parts]
         assert sorted(counts) == [22, 22, 23, 23], counts
 
@@ -72,11 +72,11 @@ def test_four_shards_share_one_redis_limit_and_merge_into_input_order(
         lost = len(kept) - 10
         assert f"{ITEMS - lost} items merged" in err and f"{lost} items missing" in err, err
         # ... and --resume on that shard fetches only those.
-        before = server.count()
+        before = strict_server.count()
         proc = _fetch(inp, parts[2], "2/4", redis_server.url, "--resume")
         _, err_bytes = proc.communicate(timeout=60)
         assert proc.returncode == 0, err_bytes.decode()
-        assert server.count() - before == lost
+        assert strict_server.count() - before == lost
     assert main(args) == 0
     assert "no item missing" in capsys.readouterr().err
     records = [json.loads(line) for line in out.read_text().splitlines()]
