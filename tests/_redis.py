@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import ssl
@@ -149,10 +150,44 @@ class TLSFiles:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port that binds now, below the kernel's ephemeral range.
+
+    Asking the kernel for port 0 gives an ephemeral port, which any outgoing connection
+    made before the server starts may take (CI once saw ``redis-server`` exit at start
+    for that). Ports are never handed out twice in one process.
+    """
+    low = _ephemeral_low()
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12000), low)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+class _ExitedAtStart(Exception):
+    def __init__(self, message: str, log: str) -> None:
+        super().__init__(message)
+        self.log = log
 
 
 class RedisServer:
@@ -167,6 +202,7 @@ class RedisServer:
         tls: TLSFiles | None = None,
     ) -> None:
         self.binary = binary or require_redis()
+        self._port_chosen = port is None  # ours to change if it turns out to be taken
         self.port = port or _free_port()
         self.args = args  # more options, e.g. ("--cluster-enabled", "yes")
         self.tls = tls  # TLS only, on self.port
@@ -180,9 +216,28 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 5.0) -> RedisServer:
-        """Start the server and wait until it answers PING."""
+        """Start the server and wait until it answers PING.
+
+        A port this object chose that another process took meanwhile is swapped for a
+        fresh one (up to three times); the server's own log is in the error otherwise.
+        """
+        for attempt in range(3):
+            try:
+                return self._start_once(timeout)
+            except _ExitedAtStart as exc:
+                if not (self._port_chosen and "Address already in use" in exc.log) or attempt == 2:
+                    raise RuntimeError(str(exc)) from None
+                self.port = _free_port()
+                if self.tls is not None:
+                    self.args = (
+                        "--port", "0", "--tls-port", str(self.port), *self.args[4:]
+                    )  # fmt: skip
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> RedisServer:
         if self._proc is not None:
             raise RuntimeError("redis-server already running")
+        log = os.path.join(self._dir, "server.log")
         self._proc = subprocess.Popen(
             [
                 self.binary,
@@ -200,6 +255,8 @@ class RedisServer:
                 "no",
                 "--loglevel",
                 "warning",
+                "--logfile",
+                log,
                 *self.args,
             ],
             stdout=subprocess.DEVNULL,
@@ -208,7 +265,12 @@ class RedisServer:
         end = time.monotonic() + timeout
         while True:
             if self._proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self._proc.returncode}")
+                code, self._proc = self._proc.returncode, None
+                with contextlib.suppress(OSError), open(log, errors="replace") as f:
+                    text = f.read()[-2000:]
+                raise _ExitedAtStart(
+                    f"redis-server on port {self.port} exited with {code}: {text}", text
+                )
             with (
                 contextlib.suppress(OSError),
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as raw,
