@@ -24,6 +24,7 @@ from syncfetch._provider import (
     floor_seconds,
     retry_after,
 )
+from tests import _child
 
 QUIET = {"fail_rate": 0.0, "reset_rate": 0.0, "latency": 0.0}
 
@@ -199,12 +200,7 @@ def test_demo_usage_errors_exit_2() -> None:
 
 
 def test_serve_prints_its_url_and_stops_on_ctrl_c() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "syncfetch", "demo", "--serve", "--latency", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _child.python("demo", "--serve", "--latency", "0", module="syncfetch")
     try:
         assert proc.stdout is not None
         url = re.search(r"http://127\.0\.0\.1:\d+/", proc.stdout.readline())
@@ -212,7 +208,7 @@ def test_serve_prints_its_url_and_stops_on_ctrl_c() -> None:
         with requests.Session() as session:
             session.get(url.group(0) + "items/1", timeout=10)
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=10)
+        out, err = _child.finish(proc, timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
 import textwrap
 import threading
@@ -14,6 +13,7 @@ import pytest
 import requests
 
 import syncfetch
+from tests import _child
 from tests._server import ScriptedServer, Step
 from tests._stub import CannedAdapter, GateAdapter
 
@@ -209,18 +209,13 @@ CTRL_C_SCRIPT = textwrap.dedent(
 def test_ctrl_c_stops_the_batch_promptly(server: ScriptedServer) -> None:
     for n in range(1000):
         server.script(f"/slow/{n}", Step(delay=0.2))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CTRL_C_SCRIPT, server.url],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _child.python(server.url, code=CTRL_C_SCRIPT)
     assert proc.stdout is not None
     for _ in range(5):
         proc.stdout.readline()
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=20)
+    _, err = _child.finish(proc, timeout=20)
     took = time.monotonic() - sent
     assert "KeyboardInterrupt" in err
     # The ordered window (8 x 4 workers) may finish; nothing like the 1000 in the input.

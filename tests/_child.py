@@ -1,0 +1,54 @@
+"""Python child processes for tests that signal them, with a stack dump if one hangs.
+
+The child registers :mod:`faulthandler` on SIGUSR1. :func:`finish` waits for it; if it
+does not exit in time, it asks for every thread's stack, kills it, and fails the test
+with that dump, so an intermittent hang says where it hung.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+_PRELUDE = (
+    "import faulthandler, signal, sys; faulthandler.register(signal.SIGUSR1, all_threads=True); "
+)
+
+
+def python(*args: str, module: str | None = None, code: str | None = None) -> subprocess.Popen[str]:
+    """Start ``python -m module args`` or ``python -c code args``, pipes in text mode."""
+    if module is not None:
+        body = (
+            f"sys.argv = [{module!r}, *sys.argv[1:]]; import runpy; "
+            f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
+        )
+    elif code is not None:
+        body = f"exec(compile({code!r}, '<child>', 'exec'))"
+    else:
+        raise TypeError("module or code")
+    return subprocess.Popen(
+        [sys.executable, "-c", _PRELUDE + body, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def finish(proc: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+    """Wait for ``proc``; on a hang, fail with the child's thread stacks."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(
+            f"child did not exit within {timeout} s; its stacks:\n{err}\n--- stdout:\n{out[-2000:]}"
+        )
