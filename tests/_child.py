@@ -45,10 +45,25 @@ def finish(proc: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
     try:
         return proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        masks = _signal_masks(proc.pid)
         proc.send_signal(signal.SIGUSR1)
         time.sleep(1.0)
         proc.kill()
         out, err = proc.communicate()
         pytest.fail(
-            f"child did not exit within {timeout} s; its stacks:\n{err}\n--- stdout:\n{out[-2000:]}"
+            f"child did not exit within {timeout} s; its signal masks: {masks}; its stacks:\n"
+            f"{err}\n--- stdout:\n{out[-2000:]}"
         )
+
+
+def _signal_masks(pid: int) -> str:
+    """The kernel's view of a process's signals (Linux): pending, blocked, ignored, caught."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return " ".join(
+                line.strip()
+                for line in f
+                if line.startswith(("ShdPnd", "SigPnd", "SigBlk", "SigIgn", "SigCgt"))
+            )
+    except OSError:
+        return "(not readable)"
