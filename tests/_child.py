@@ -1,5 +1,7 @@
 """Python child processes for tests that signal them, with a stack dump if one hangs.
 
+The child handles SIGINT as Python does at a terminal, whatever the test run inherited.
+
 The child registers :mod:`faulthandler` on SIGUSR1. :func:`finish` waits for it; if it
 does not exit in time, it asks for every thread's stack, kills it, and fails the test
 with that dump, so an intermittent hang says where it hung.
@@ -15,8 +17,14 @@ import time
 
 import pytest
 
+# A shell without job control starts background commands with SIGINT ignored, and a
+# child inherits that: a pytest started with ``cmd &`` from a script would give the
+# children a SIGINT they ignore. The tests stand for a user at a terminal, so the
+# child takes Python's own handler back.
 _PRELUDE = (
-    "import faulthandler, signal, sys; faulthandler.register(signal.SIGUSR1, all_threads=True); "
+    "import faulthandler, signal, sys; "
+    "signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "faulthandler.register(signal.SIGUSR1, all_threads=True); "
 )
 
 
