@@ -223,3 +223,15 @@ def test_close_ends_a_waiting_miss_and_closes_the_cache(
     assert server.count() == 1
     # requests-cache closed its own connection too (autoclose): reopened on use.
     assert cache.responses._connection is None
+
+
+def test_per_call_options_pass_through_the_mixin(server: ScriptedServer) -> None:
+    server.script("/flaky", Step(status=503), Step(body=b"fine"))
+    with CachedSession(backend="memory", limits="2/minute", retry=0) as s:
+        assert s.get(server.url_for("/flaky"), retry=1, expire_after=60).text == "fine"
+        assert s.get(server.url_for("/flaky"), max_wait=0).from_cache  # a hit: no token
+        with pytest.raises(syncfetch.RateLimitExceeded):
+            s.get(server.url_for("/miss"), max_wait=0)
+        with pytest.raises(ValueError, match="per-call max_wait"):
+            s.get(server.url_for("/flaky"), max_wait=-1)
+    assert server.statuses() == [503, 200]
