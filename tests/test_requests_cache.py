@@ -235,3 +235,29 @@ def test_per_call_options_pass_through_the_mixin(server: ScriptedServer) -> None
         with pytest.raises(ValueError, match="per-call max_wait"):
             s.get(server.url_for("/flaky"), max_wait=-1)
     assert server.statuses() == [503, 200]
+
+
+def test_a_background_revalidation_goes_through_the_pipeline_once(server: ScriptedServer) -> None:
+    """stale_while_revalidate: the caller gets the stale copy at once, and requests-cache's
+    own thread sends the refresh, a call of its own that pays its token."""
+    server.script(
+        "/v",
+        Step(headers={"ETag": '"v1"', "Cache-Control": "max-age=0"}, body=b"v1"),
+        Step(headers={"ETag": '"v2"', "Cache-Control": "max-age=60"}, body=b"v2"),
+    )
+    events: list[Event] = []
+    with CachedSession(
+        backend="memory", cache_control=True, stale_while_revalidate=True, on_event=events.append
+    ) as s:
+        s.get(server.url_for("/v"))
+        stale = s.get(server.url_for("/v"))
+        assert (stale.text, stale.from_cache) == ("v1", True)
+        deadline = time.monotonic() + 5
+        while s.stats.attempts < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.wait_idle()
+        deadline = time.monotonic() + 5
+        while s.get(server.url_for("/v")).text != "v2" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (_calls(events), _attempts(events)) == (2, 2)
+    assert server.statuses() == [200, 200]
