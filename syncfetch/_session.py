@@ -256,8 +256,8 @@ def _refusing_renamed(init: _F) -> _F:
         for old, new in RENAMED.items():
             if old in kwargs:
                 raise TypeError(
-                    f"syncfetch.Session got {old}={kwargs[old]!r}: the argument is now called "
-                    f"{new}= ({old}= clashed with requests-cache's CacheMixin)"
+                    f"syncfetch.Session got {old}={_store_text(kwargs[old])}: the argument is "
+                    f"now called {new}= ({old}= clashed with requests-cache's CacheMixin)"
                 )
         init(self, *args, **kwargs)
 

@@ -55,6 +55,9 @@ def test_the_old_backend_argument_is_refused_naming_store(tmp_path: Path) -> Non
     with pytest.raises(TypeError, match=r"now called store=") as info:
         syncfetch.Session("1/s", backend=url)  # type: ignore[call-arg]
     assert url in str(info.value)
+    with pytest.raises(TypeError, match=r"now called store=") as info:
+        syncfetch.Session(backend="redis://:s3cret@cache:6379/0")  # type: ignore[call-arg]
+    assert "s3cret" not in str(info.value)
     assert not (tmp_path / "l.db").exists()  # refused before anything was built
     with pytest.raises(TypeError, match="unexpected keyword argument 'limit'"):
         syncfetch.Session(limit="1/s")  # type: ignore[call-arg]
