@@ -35,7 +35,7 @@ from ._exceptions import SessionClosed
 from ._executor import BoundedExecutor
 from ._limiter import DEFAULT_ARRIVAL, KeyedLimiter, Limiter
 from ._options import check_max_wait, check_overrides, resolve
-from ._pipeline import CURRENT_CALL, Call, Pipeline, bucket_key
+from ._pipeline import CURRENT_CALL, Call, Pipeline, _timeout_pair, bucket_key
 from ._progress import track
 from ._rates import LimitsArg, normalize_limits
 from ._result import Result
@@ -101,12 +101,12 @@ def _check_timeout(timeout: Any) -> Any:
 
 
 def _check_call_timeout(timeout: Any) -> None:
-    """A call's own ``timeout``: the session's forms, or a urllib3 ``Timeout``, as requests."""
+    """A call's own ``timeout``, refused before any token is taken, as requests refuses it.
+
+    :raises ValueError: requests' own message, naming the value.
+    """
     if not isinstance(timeout, Urllib3Timeout):
-        try:
-            _check_timeout(timeout)
-        except ValueError as exc:
-            raise ValueError(f"per-call {exc}") from None
+        _timeout_pair(timeout)
 
 
 def _check_limits(limits: Any) -> list[Rate]:
