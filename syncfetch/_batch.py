@@ -27,12 +27,17 @@ class BatchSession(Session):
     """A :class:`Session` whose :meth:`map` applies an item's own ``options`` (see ``Item``)."""
 
     def _run_item(
-        self, index: int, item: str | Request, method: str, kwargs: dict[str, Any]
+        self,
+        index: int,
+        item: str | Request,
+        method: str,
+        kwargs: dict[str, Any],
+        overrides: dict[str, Any] | None = None,
     ) -> Result:
         options = getattr(item, "options", None)
         if options:
             kwargs = {**kwargs, **options}
-        return super()._run_item(index, item, method, kwargs)
+        return super()._run_item(index, item, method, kwargs, overrides)
 
 
 @dataclass

@@ -44,7 +44,7 @@ rate limit state:
   run of this machine (default: $XDG_CACHE_HOME/syncfetch/limits.db, else
   ~/.cache/syncfetch/limits.db), so back-to-back and parallel runs share one
   window. If that file cannot be used, a warning is printed and the run limits
-  itself alone. --backend chooses another store, --no-state turns sharing off.
+  itself alone. --store chooses another store, --no-state turns sharing off.
 
 exit status:
   0    every item succeeded (with --resume: every item in OUTPUT)
@@ -109,6 +109,17 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Renamed(argparse.Action):
+    """A flag renamed before 1.0: using it is a usage error that names the new flag."""
+
+    def __init__(self, option_strings: list[str], dest: str, *, new: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        parser.error(f"{option} is now called {self.new}: use {self.new} {values}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,11 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     state = fetch.add_mutually_exclusive_group()
     state.add_argument(
-        "--backend",
+        "--store",
         metavar="SPEC",
         help="where limits live: memory, sqlite:///path.db or redis://host:port/db "
         "(default: the shared state file, see below)",
     )
+    state.add_argument("--backend", action=_Renamed, new="--store", help=argparse.SUPPRESS)
     state.add_argument(
         "--no-state",
         action="store_true",
@@ -231,7 +243,7 @@ def default_state_path() -> str | None:
     return os.path.join(base, "syncfetch", "limits.db")
 
 
-def _state_backend() -> str:
+def _state_store() -> str:
     """The default shared state, or ``"memory"`` (with a warning) if it cannot be used."""
     path = default_state_path()
     if path is None:
@@ -333,26 +345,26 @@ def _fetch(args: argparse.Namespace, line: ProgressLine) -> int:
 
 
 def _fetch_from(args: argparse.Namespace, line: ProgressLine, source: IO[bytes]) -> int:
-    backend: Any
-    if args.backend is not None:
-        backend = args.backend
+    store: Any
+    if args.store is not None:
+        store = args.store
     elif args.no_state or not args.rate:
-        backend = "memory"
+        store = "memory"
     else:
-        backend = _state_backend()
+        store = _state_store()
     try:
         session = BatchSession(
             args.rate or None,
             max_concurrency=args.concurrency,
             retry=RetryPolicy(retries=args.retries),
             timeout=args.timeout,
-            backend=backend,
+            store=store,
             on_backend_error="fallback",
         )
     except ValueError as exc:
-        return _usage(f"--backend: {exc}" if "backend" in str(exc) else str(exc))
+        return _usage(f"--store: {exc}" if "store" in str(exc) else str(exc))
     except ImportError as exc:
-        return _usage(f"--backend {args.backend}: {exc} (pip install 'syncfetch[redis]')")
+        return _usage(f"--store {args.store}: {exc} (pip install 'syncfetch[redis]')")
     tally = Tally()
     try:
         with session:

@@ -29,6 +29,7 @@ from ._events import MIN_WAIT, Event, Hub, redacted
 from ._exceptions import DeadlineExceeded, RateLimitExceeded, SessionClosed
 from ._feedback import COOLDOWN_STATUSES, is_throttle, server_wait
 from ._limiter import Limiter, Token
+from ._options import CallOptions
 from ._redact import safe_url
 from ._retry import (
     RetryPolicy,
@@ -62,6 +63,8 @@ class Call:
     closing: threading.Event | None = None
     #: Numbers the call's events (set only while an ``on_event`` hook is set).
     id: int = 0
+    #: The call's settings (the session's with its overrides); None: the pipeline's.
+    options: CallOptions | None = None
 
 
 #: The call being sent on this thread; redirect hops find their call's deadline here.
@@ -206,6 +209,8 @@ class Pipeline:
         self.slots = slots
         self.per_host = per_host
         self.max_wait = max_wait
+        #: What a call runs under unless it overrides some of it.
+        self.options = CallOptions(retry=policy, max_wait=max_wait)
         self.stats = stats
         self.hub = Hub()
         # The hub while it has hooks, else None: the one test each emission point makes.
@@ -283,7 +288,11 @@ class Pipeline:
         self._requested_sleep(paused)
 
     def _admit(
-        self, key: str, deadline: float | None, request: PreparedRequest | None = None
+        self,
+        key: str,
+        deadline: float | None,
+        request: PreparedRequest | None = None,
+        options: CallOptions | None = None,
     ) -> tuple[Permits, Token, float, dict[str, float]]:
         """Wait out a pause, then take a slot, wait for the adaptive pace, take a token.
 
@@ -296,7 +305,8 @@ class Pipeline:
         closing = self._closing()
         if closing.is_set():
             raise SessionClosed("the session was closed before this attempt")
-        limit = None if self.max_wait is None else time.monotonic() + self.max_wait
+        max_wait = (options or self.options).max_wait
+        limit = None if max_wait is None else time.monotonic() + max_wait
         if deadline is not None:
             limit = deadline if limit is None else min(limit, deadline)
         # A pause that begins while this call waits for its slot or token does not stop
@@ -327,7 +337,8 @@ class Pipeline:
         """
         call = CURRENT_CALL.get()
         deadline = call.deadline if call is not None else None
-        policy = self.policy
+        options = call.options if call is not None and call.options is not None else self.options
+        policy = options.retry
         key = bucket_key(request.url, self.per_host)
         stream = bool(kwargs.get("stream"))
         timeout = kwargs.pop("timeout", None)
@@ -348,7 +359,7 @@ class Pipeline:
                     raise DeadlineExceeded(
                         f"deadline of {policy.deadline} s passed", request=request
                     )
-                slot, token, sent_at, counts = self._admit(key, deadline, request)
+                slot, token, sent_at, counts = self._admit(key, deadline, request, options)
             except RequestException as exc:
                 self.stats.add(
                     key,
@@ -367,7 +378,7 @@ class Pipeline:
                     )
                 if last is None or isinstance(exc, SessionClosed):
                     raise
-                return self._give_up(request, last, f"no capacity for a retry ({exc})")
+                return self._give_up(request, last, f"no capacity for a retry ({exc})", policy)
             counts["attempts"] = 1
             counts["requests"] = int(attempt == 1)
             counts["retries"] = int(attempt > 1)
@@ -389,6 +400,7 @@ class Pipeline:
                     deadline,
                     stream,
                     kwargs,
+                    policy,
                 )
             except RequestException as exc:
                 if isinstance(exc, DeadlineExceeded):
@@ -398,9 +410,11 @@ class Pipeline:
                 ):
                     raise
                 outcome = exc
-            if isinstance(outcome, Response) and not (may_retry and self._retryable(outcome)):
+            if isinstance(outcome, Response) and not (
+                may_retry and self._retryable(outcome, policy)
+            ):
                 return outcome
-            why = self._why_not_retry(key, attempt)
+            why = self._why_not_retry(key, attempt, policy)
             if why:
                 if why is _BUDGET_SPENT and self.events is not None:
                     self.events.new(
@@ -411,7 +425,7 @@ class Pipeline:
                         call=call.id if call is not None else 0,
                         attempt=attempt,
                     )
-                return self._give_up(request, outcome, why)
+                return self._give_up(request, outcome, why, policy)
             waits = waits or policy.waits()
             wait = policy.jittered(next(waits))
             if isinstance(outcome, Response):
@@ -423,7 +437,10 @@ class Pipeline:
                 if retry_after is not None:
                     if retry_after > policy.retry_after_max:
                         return self._give_up(
-                            request, outcome, f"Retry-After {retry_after:.0f} s > retry_after_max"
+                            request,
+                            outcome,
+                            f"Retry-After {retry_after:.0f} s > retry_after_max",
+                            policy,
                         )
                     # The server's figure is not shortened by jitter.
                     wait = retry_after
@@ -431,11 +448,13 @@ class Pipeline:
             else:
                 reason = type(outcome).__name__
             if not self._backoff(request, wait, deadline, attempt, reason):
-                return self._give_up(request, outcome, "deadline leaves no time for a retry")
+                return self._give_up(
+                    request, outcome, "deadline leaves no time for a retry", policy
+                )
             last = outcome
 
-    def _retryable(self, resp: Response) -> bool:
-        statuses = self.policy.statuses
+    def _retryable(self, resp: Response, policy: RetryPolicy) -> bool:
+        statuses = policy.statuses
         return resp.status_code in statuses or (
             429 in statuses and is_throttle(resp.status_code, resp.headers)
         )
@@ -453,6 +472,7 @@ class Pipeline:
         deadline: float | None,
         stream: bool,
         kwargs: dict[str, Any],
+        policy: RetryPolicy,
     ) -> Response:
         """One attempt on the wire, holding ``slot``; the slot is given back on every path.
 
@@ -494,7 +514,7 @@ class Pipeline:
                 self.adaptive.on_response(
                     key, sent_at, throttled or (status == 503 and "Retry-After" in resp.headers)
                 )
-            if self._retryable(resp):
+            if self._retryable(resp, policy):
                 consume_quietly(resp)
             else:
                 if self.budget is not None:
@@ -542,9 +562,9 @@ class Pipeline:
         else:
             events.new("error", key, request.url, error=type(exc).__name__, **fields)
 
-    def _why_not_retry(self, key: str, attempt: int) -> str:
+    def _why_not_retry(self, key: str, attempt: int, policy: RetryPolicy) -> str:
         """Why the attempt just failed may not be retried ("" when it may)."""
-        if attempt > self.policy.retries:
+        if attempt > policy.retries:
             return "retries exhausted"
         if self.budget is not None and not self.budget.try_spend(key):
             self.stats.add(key, budget_exhausted=1)
@@ -619,7 +639,11 @@ class Pipeline:
         return True
 
     def _give_up(
-        self, request: PreparedRequest, last: Response | RequestException, why: str
+        self,
+        request: PreparedRequest,
+        last: Response | RequestException,
+        why: str,
+        policy: RetryPolicy,
     ) -> Response:
         """End a call on its last retryable outcome: return the response, raise the error."""
         key = bucket_key(request.url, self.per_host)
@@ -638,7 +662,7 @@ class Pipeline:
                 reason=why,
             )
         outcome = last.status_code if isinstance(last, Response) else type(last).__name__
-        if self.policy.retries:
+        if policy.retries:
             log.warning(
                 "syncfetch: giving up on %s %s: %s (last: %s)",
                 request.method,

@@ -14,12 +14,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from concurrent.futures import Future
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar, cast
 
 import requests
 from pyrate_limiter import Rate
 from requests import PreparedRequest, Request, Response
 from requests.adapters import BaseAdapter, HTTPAdapter
+from urllib3.util import Timeout as Urllib3Timeout
 
 from ._adaptive import Adaptive, AdaptiveLimiter
 from ._backends import (
@@ -33,7 +34,8 @@ from ._events import EventHook, hooks_of
 from ._exceptions import SessionClosed
 from ._executor import BoundedExecutor
 from ._limiter import DEFAULT_ARRIVAL, KeyedLimiter, Limiter
-from ._pipeline import CURRENT_CALL, Call, Pipeline, bucket_key
+from ._options import check_max_wait, check_overrides, resolve
+from ._pipeline import CURRENT_CALL, Call, Pipeline, _timeout_pair, bucket_key
 from ._progress import track
 from ._rates import LimitsArg, normalize_limits
 from ._result import Result
@@ -76,7 +78,7 @@ DEFAULT_MARGIN = 0.002
 #: Seconds, a ``(connect, read)`` pair (either may be None), or None for no timeout.
 TimeoutArg: TypeAlias = "float | tuple[float | None, float | None] | None"
 #: ``"memory"``, ``"sqlite:///path"``, ``"redis://..."``, or a ``redis.Redis`` client.
-BackendArg: TypeAlias = "str | Redis"
+StoreArg: TypeAlias = "str | Redis"
 
 
 def _is_seconds(value: Any) -> bool:
@@ -96,6 +98,15 @@ def _check_timeout(timeout: Any) -> Any:
             f"not {timeout!r}"
         )
     return timeout
+
+
+def _check_call_timeout(timeout: Any) -> None:
+    """A call's own ``timeout``, refused before any token is taken, as requests refuses it.
+
+    :raises ValueError: requests' own message, naming the value.
+    """
+    if not isinstance(timeout, Urllib3Timeout):
+        _timeout_pair(timeout)
 
 
 def _check_limits(limits: Any) -> list[Rate]:
@@ -122,14 +133,6 @@ def _check_max_concurrency(value: Any) -> int:
     return int(value)
 
 
-def _check_max_wait(value: Any) -> float | None:
-    if value is not None and (not _is_seconds(value) or value < 0):
-        raise ValueError(
-            f"max_wait must be None (wait as long as needed) or finite seconds >= 0, not {value!r}"
-        )
-    return None if value is None else float(value)
-
-
 def _check_arrival_margin(value: Any) -> float:
     if not _is_seconds(value) or not 0 <= value <= 60:
         raise ValueError(f"arrival_margin must be seconds between 0 and 60, not {value!r}")
@@ -142,7 +145,7 @@ def _check_max_workers(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-BACKEND_PREFIXES = (
+STORE_PREFIXES = (
     "sqlite:///",
     "redis://",
     "rediss://",
@@ -152,29 +155,29 @@ BACKEND_PREFIXES = (
 )
 
 
-def _check_backend(backend: Any) -> Any:
+def _check_store(store: Any) -> Any:
     """Catch what can be caught without connecting: an unknown form, an SQLite file that
     cannot be created."""
     if not (
-        backend is None
-        or backend == "memory"
-        or (isinstance(backend, str) and backend.startswith(BACKEND_PREFIXES))
-        or type(backend).__module__.startswith("redis")
+        store is None
+        or store == "memory"
+        or (isinstance(store, str) and store.startswith(STORE_PREFIXES))
+        or type(store).__module__.startswith("redis")
     ):
-        raise ValueError(f"unknown backend {backend!r}: expected {BACKEND_FORMS}")
-    if isinstance(backend, str) and backend.startswith("sqlite:///"):
-        path = backend[len("sqlite:///") :]
+        raise ValueError(f"unknown store {store!r}: expected {BACKEND_FORMS}")
+    if isinstance(store, str) and store.startswith("sqlite:///"):
+        path = store[len("sqlite:///") :]
         folder = os.path.dirname(os.path.abspath(path))
         if not path or path == ":memory:" or os.path.isdir(path):
-            raise ValueError(f"backend {backend!r} must name a database file")
+            raise ValueError(f"store {store!r} must name a database file")
         if not os.path.isdir(folder):
             raise ValueError(
-                f"backend {backend!r}: the directory {folder!r} does not exist (it is not "
+                f"store {store!r}: the directory {folder!r} does not exist (it is not "
                 "created for you; four slashes start an absolute path)"
             )
         if not os.access(path if os.path.exists(path) else folder, os.R_OK | os.W_OK):
-            raise ValueError(f"backend {backend!r}: {path!r} is not writable by this process")
-    return backend
+            raise ValueError(f"store {store!r}: {path!r} is not writable by this process")
+    return store
 
 
 def _check_on_backend_error(value: Any) -> str:
@@ -201,9 +204,9 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "max_concurrency": _check_max_concurrency,
     "retry": RetryPolicy.coerce,
     "timeout": _check_timeout,
-    "max_wait": _check_max_wait,
+    "max_wait": check_max_wait,
     "max_workers": _check_max_workers,
-    "backend": _check_backend,
+    "store": _check_store,
     "on_backend_error": _check_on_backend_error,
     "rate_limit_headers": _check_flag("rate_limit_headers"),
     "adaptive": _check_adaptive,
@@ -230,9 +233,42 @@ def check_arguments(kwargs: Mapping[str, Any]) -> None:
 # Settings that change the limiter: in memory it is changed in place (its windows and
 # pauses stay); a shared backend's new limiter finds them in the backend.
 _LIMITER_SETTINGS = frozenset({"limits", "on_backend_error", "arrival_margin"})
-# Settings that define what the session is built on (the bucket keys, the backend, the
+# Settings that define what the session is built on (the bucket keys, the store, the
 # connection pools, the thread pool): assignable only before the first call.
-_FIXED_SETTINGS = frozenset({"per_host", "backend", "max_concurrency", "max_workers"})
+_FIXED_SETTINGS = frozenset({"per_host", "store", "max_concurrency", "max_workers"})
+
+
+#: Arguments renamed before 1.0, and what to pass instead.
+RENAMED = {"backend": "store"}
+
+_F = TypeVar("_F", bound=Callable[..., None])
+
+
+def _refusing_renamed(init: _F) -> _F:
+    """``init``, refusing a renamed argument with a TypeError that names its new name.
+
+    The signature stays ``init``'s (``functools.wraps``): type checkers, ``inspect`` (the
+    settings' key check) and requests-cache's ``CacheMixin`` see no extra parameter.
+    """
+
+    @functools.wraps(init)
+    def checked(self: Any, *args: Any, **kwargs: Any) -> None:
+        for old, new in RENAMED.items():
+            if old in kwargs:
+                raise TypeError(
+                    f"syncfetch.Session got {old}={_store_text(kwargs[old])}: the argument is "
+                    f"now called {new}= ({old}= clashed with requests-cache's CacheMixin)"
+                )
+        init(self, *args, **kwargs)
+
+    return cast(_F, checked)
+
+
+#: ``(session, checked per-call options)`` while ``Session.request`` runs, for the
+#: ``send`` that starts the call (the session is checked: a hook may call another).
+_OVERRIDES: contextvars.ContextVar[tuple[Session, dict[str, Any]] | None] = contextvars.ContextVar(
+    "syncfetch_overrides", default=None
+)
 
 
 class _GatedAdapter(BaseAdapter):
@@ -270,9 +306,10 @@ class Session(requests.Session):
         :class:`RateLimitExceeded`; ``None`` waits as long as the limits require.
     :param max_workers: threads of the pool behind :meth:`submit` and :meth:`map`
         (started on first use); defaults to ``max_concurrency``.
-    :param backend: where buckets live: ``"memory"`` (this process),
+    :param store: where the limits' buckets live: ``"memory"`` (this process),
         ``"sqlite:///path.db"`` (processes of one machine), ``"redis://host:port/db"``
-        or a ``redis.Redis`` client (many machines).
+        or a ``redis.Redis`` client (many machines). Formerly ``backend=``, a name that
+        requests-cache's ``CacheMixin`` takes for itself: passing it raises TypeError.
     :param on_backend_error: ``"raise"`` to fail calls with :class:`BackendUnavailable`
         while a shared backend is unreachable, ``"fallback"`` to limit per process meanwhile.
     :param rate_limit_headers: pause a bucket key when a response's ``RateLimit`` or
@@ -290,7 +327,7 @@ class Session(requests.Session):
     :raises TypeError: for an argument of the wrong type, naming it.
 
     Each argument is also an attribute. Assigning one is checked the same way and takes
-    effect at once, while other threads send, except ``per_host``, ``backend``,
+    effect at once, while other threads send, except ``per_host``, ``store``,
     ``max_concurrency`` and ``max_workers``, which can change only before the first call.
     """
 
@@ -303,7 +340,7 @@ class Session(requests.Session):
         "timeout",
         "max_wait",
         "max_workers",
-        "backend",
+        "store",
         "on_backend_error",
         "rate_limit_headers",
         "adaptive",
@@ -318,12 +355,13 @@ class Session(requests.Session):
     timeout: TimeoutArg
     max_wait: float | None
     max_workers: int
-    backend: BackendArg
+    store: StoreArg
     on_backend_error: str
     rate_limit_headers: bool
     adaptive: Adaptive | None
     arrival_margin: float
 
+    @_refusing_renamed
     def __init__(
         self,
         limits: LimitsArg = None,
@@ -334,7 +372,7 @@ class Session(requests.Session):
         timeout: TimeoutArg = DEFAULT_TIMEOUT,
         max_wait: float | None = None,
         max_workers: int | None = None,
-        backend: BackendArg = "memory",
+        store: StoreArg = "memory",
         on_backend_error: Literal["raise", "fallback"] = "raise",
         rate_limit_headers: bool = True,
         adaptive: Adaptive | bool | None = None,
@@ -350,7 +388,7 @@ class Session(requests.Session):
             "timeout": timeout,
             "max_wait": max_wait,
             "max_workers": max_workers,
-            "backend": backend,
+            "store": store,
             "on_backend_error": on_backend_error,
             "rate_limit_headers": rate_limit_headers,
             "adaptive": adaptive,
@@ -361,7 +399,7 @@ class Session(requests.Session):
         if not self._workers_given:
             values["max_workers"] = values["max_concurrency"]
         self.__dict__.update(values)
-        # Set by the first send: per_host, backend and the pools are fixed from then on.
+        # Set by the first send: per_host, store and the pools are fixed from then on.
         self._sent = False
         # mount() swaps self.adapters whole, so get_adapter never sees a half-built dict.
         self._mount_lock = threading.Lock()
@@ -380,10 +418,12 @@ class Session(requests.Session):
 
         ``timeout``, ``max_wait``, ``retry``, ``rate_limit_headers``, ``adaptive``,
         ``limits`` and ``on_backend_error`` take effect at once, also while other threads
-        send (calls in flight finish under the old settings). ``per_host``, ``backend``,
+        send (calls in flight finish under the old settings). ``per_host``, ``store``,
         ``max_concurrency`` and ``max_workers`` can be assigned only before the first
         call. Every other attribute behaves as in requests.
         """
+        if name in RENAMED:
+            raise AttributeError(f"{name} is now called {RENAMED[name]}: assign that instead")
         check = _CHECKS.get(name)
         if check is None or "_pipeline" not in self.__dict__:
             # requests' own attributes, or the settings while __init__/__setstate__ run.
@@ -393,7 +433,7 @@ class Session(requests.Session):
             if name in _FIXED_SETTINGS and self._sent:
                 raise AttributeError(
                     f"{name} cannot change once the session has sent requests (it decides "
-                    "the bucket keys, the backend or the pools its calls share): create a new "
+                    "the bucket keys, the store or the pools its calls share): create a new "
                     f"syncfetch.Session({name}=...) instead"
                 )
             checked = check(value)
@@ -426,7 +466,7 @@ class Session(requests.Session):
             f"timeout={self.timeout!r}",
             f"max_wait={self.max_wait!r}",
             f"max_workers={self.max_workers!r}",
-            f"backend={_backend_text(self.backend)}",
+            f"store={_store_text(self.store)}",
         ]
         if self.on_backend_error != "raise":
             parts.append(f"on_backend_error={self.on_backend_error!r}")
@@ -465,7 +505,7 @@ class Session(requests.Session):
 
     def _make_limiter(self) -> Limiter:
         return make_limiter(
-            self.backend,
+            self.store,
             self.limits,
             margin=DEFAULT_MARGIN,
             on_backend_error=self.on_backend_error,
@@ -562,8 +602,15 @@ class Session(requests.Session):
         Blocks while ``2 * max_workers`` calls are already pending, so a loop of
         submits cannot queue without bound.
 
+        :param kwargs: :meth:`request`'s keyword arguments, per-call ``retry`` and
+            ``max_wait`` included (checked here, before anything is queued).
         :returns: a future of the response; its exception is the call's exception.
+        :raises ValueError: or TypeError, for a bad per-call ``retry``, ``max_wait`` or
+            ``timeout``, naming it.
         """
+        check_overrides(kwargs)
+        if kwargs.get("timeout", UNSET) is not UNSET:
+            _check_call_timeout(kwargs["timeout"])
         return self._executor.submit(self.request, method, url, **kwargs)
 
     def map(
@@ -594,11 +641,18 @@ class Session(requests.Session):
         :param progress: draw progress on stderr while it is a terminal (done, rate,
             ETA when ``items`` has a length, failures, retries, 429s): tqdm's bar when
             tqdm is installed, else the line ``syncfetch fetch`` draws.
-        :param kwargs: request keyword arguments for every item (``timeout``, ``headers``...).
+        :param kwargs: request keyword arguments for every item (``timeout``, ``headers``,
+            per-call ``retry`` and ``max_wait``...).
         :returns: an iterator of results, one per item.
+        :raises ValueError: or TypeError, for a bad per-call ``retry``, ``max_wait`` or
+            ``timeout``, naming it (before any item starts).
         """
+        overrides = check_overrides(kwargs)
+        kwargs = {name: value for name, value in kwargs.items() if name not in overrides}
+        if kwargs.get("timeout", UNSET) is not UNSET:
+            _check_call_timeout(kwargs["timeout"])
         calls: Iterator[Callable[[], Result]] = (
-            functools.partial(self._run_item, index, item, method, kwargs)
+            functools.partial(self._run_item, index, item, method, kwargs, overrides)
             for index, item in enumerate(items)
         )
         if self._pipeline.events is not None:
@@ -618,12 +672,17 @@ class Session(requests.Session):
         return results
 
     def _run_item(
-        self, index: int, item: str | Request, method: str, kwargs: dict[str, Any]
+        self,
+        index: int,
+        item: str | Request,
+        method: str,
+        kwargs: dict[str, Any],
+        overrides: dict[str, Any] | None = None,
     ) -> Result:
         start = time.monotonic()
         # Pool threads run one item at a time, so the item's call is set here and
         # reset after: its attempts (redirect hops included) are counted in it.
-        call = self._new_call()
+        call = self._new_call(overrides)
         token = CURRENT_CALL.set(call)
         used = getattr(item, "method", None) or method
         used = used.upper() if isinstance(used, str) else None  # as requests sends it
@@ -695,30 +754,52 @@ class Session(requests.Session):
         verify: Any = None,
         cert: Any = None,
         json: Any = None,
+        *,
+        retry: RetryPolicy | int | None = UNSET,
+        max_wait: float | None = UNSET,
     ) -> Response:
         """Like :meth:`requests.Session.request`; a call passing no ``timeout`` gets the session's.
 
+        ``retry``, ``max_wait`` and ``timeout`` given here apply to this call alone (its
+        redirect hops and retries included), in the forms the session takes them.
+
         :returns: the response (after retries, the last one).
         :raises RateLimitExceeded: when ``max_wait`` runs out before a slot or token.
+        :raises ValueError: or TypeError, for a bad ``retry``, ``max_wait`` or
+            ``timeout``, naming it, before anything is sent.
         """
-        return super().request(
-            method,  # type: ignore[arg-type]
-            url,
-            params,
-            data,
-            headers,
-            cookies,
-            files,
-            auth,
-            self.timeout if timeout is UNSET else timeout,
-            allow_redirects,
-            proxies,
-            hooks,
-            stream,
-            verify,
-            cert,
-            json,
-        )
+        given: dict[str, Any] = {}
+        if retry is not UNSET:
+            given["retry"] = retry
+        if max_wait is not UNSET:
+            given["max_wait"] = max_wait
+        overrides = check_overrides(given)
+        if timeout is not UNSET:
+            _check_call_timeout(timeout)
+        # Read by send() when it starts the call (requests passes send() no extra keywords).
+        token = _OVERRIDES.set((self, overrides)) if overrides else None
+        try:
+            return super().request(
+                method,  # type: ignore[arg-type]
+                url,
+                params,
+                data,
+                headers,
+                cookies,
+                files,
+                auth,
+                self.timeout if timeout is UNSET else timeout,
+                allow_redirects,
+                proxies,
+                hooks,
+                stream,
+                verify,
+                cert,
+                json,
+            )
+        finally:
+            if token is not None:
+                _OVERRIDES.reset(token)
 
     def send(self, request: PreparedRequest, **kwargs: Any) -> Response:
         """Like :meth:`requests.Session.send`, through the rate limit, slots and retries.
@@ -732,7 +813,8 @@ class Session(requests.Session):
         if call is not None and call.owner is self:
             resp = super().send(request, **kwargs)  # a redirect hop of the current call
         else:
-            call = self._new_call()
+            given = _OVERRIDES.get()
+            call = self._new_call(given[1] if given is not None and given[0] is self else None)
             token = CURRENT_CALL.set(call)
             try:
                 if self._pipeline.events is None:
@@ -764,9 +846,13 @@ class Session(requests.Session):
             hub.call_end(call, request.method, request.url, key, start, outcome)
         return resp
 
-    def _new_call(self) -> Call:
-        deadline = self.retry.deadline
-        return Call(self, None if deadline is None else time.monotonic() + deadline)
+    def _new_call(self, overrides: Mapping[str, Any] | None = None) -> Call:
+        """A call under the session's settings, with the call's own ``overrides``."""
+        options = resolve(self._pipeline.options, overrides)
+        deadline = options.retry.deadline
+        return Call(
+            self, None if deadline is None else time.monotonic() + deadline, options=options
+        )
 
     def get_adapter(self, url: str) -> BaseAdapter:
         """Like :meth:`requests.Session.get_adapter`; inside a call, the adapter is gated."""
@@ -803,7 +889,11 @@ class Session(requests.Session):
             self.adapters = adapters
 
     def __setstate__(self, state: Mapping[str, Any]) -> None:
-        super().__setstate__(dict(state))
+        state = dict(state)
+        for old, new in RENAMED.items():  # pickled before the rename
+            if old in state:
+                state[new] = state.pop(old)
+        super().__setstate__(state)
         self._mount_lock = threading.Lock()
         self._config_lock = threading.Lock()
         self._workers_given = self.max_workers != self.max_concurrency
@@ -849,13 +939,13 @@ def _rate_text(rate: Rate) -> str:
     return f"{rate.limit}/{rate.interval / 1000:g}s"
 
 
-def _backend_text(backend: Any) -> str:
-    """The backend for a repr, with any password (user-info or query) masked."""
-    if not isinstance(backend, str):
-        return f"<{type(backend).__module__}.{type(backend).__qualname__}>"
-    scheme, sep, rest = backend.partition("://")
+def _store_text(store: Any) -> str:
+    """The store for a repr, with any password (user-info or query) masked."""
+    if not isinstance(store, str):
+        return f"<{type(store).__module__}.{type(store).__qualname__}>"
+    scheme, sep, rest = store.partition("://")
     if not sep or scheme == "sqlite":
-        return repr(backend)
+        return repr(store)
     netloc, slash, path = rest.partition("/")
     if "@" in netloc:
         user, _, host = netloc.rpartition("@")

@@ -20,7 +20,7 @@ from typing import Any
 
 from ._exceptions import BackendUnavailable, RateLimitExceeded
 from ._retry import RetryPolicy
-from ._session import Session, check_arguments
+from ._session import RENAMED, Session, check_arguments
 
 log = logging.getLogger("syncfetch")
 
@@ -29,7 +29,7 @@ def session_parameters() -> frozenset[str]:
     """The keyword arguments :class:`Session` accepts.
 
     Read from its signature rather than listed here, so an argument added to
-    ``Session`` later (such as ``backend=``) is accepted in settings at once.
+    ``Session`` later (such as ``arrival_margin=``) is accepted in settings at once.
     """
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     return frozenset(
@@ -58,7 +58,11 @@ def session_kwargs(config: Mapping[str, Any] | None, *, source: str = "settings"
     unknown = sorted(str(key) for key in config if key not in allowed)
     if unknown:
         hints = [
-            f"{key!r} (did you mean {match[0]!r}?)" if match else repr(key)
+            f"{key!r} (now called {RENAMED[key]!r})"
+            if key in RENAMED
+            else f"{key!r} (did you mean {match[0]!r}?)"
+            if match
+            else repr(key)
             for key in unknown
             for match in [difflib.get_close_matches(key, allowed, n=1)]
         ]

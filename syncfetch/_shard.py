@@ -3,7 +3,7 @@
 Shard K of N takes the input items (lines that are not blank or a ``#`` comment) whose
 position among the items, counted from 0, is K modulo N: N processes given the same
 input and K = 0..N-1 fetch every item exactly once between them, and with one
-``--backend`` they share one limit. Items keep their input line number (the ``index``
+``--store`` they share one limit. Items keep their input line number (the ``index``
 of each output record), so ``merge`` can put the parts back into input order.
 """
 
@@ -155,18 +155,18 @@ def shard_arg(text: str) -> tuple[int, int]:
 
 
 def add_shard_arguments(fetch: Any) -> None:
-    """``--shard K/N`` (and ``--backend``, unless the fetch parser has it already)."""
+    """``--shard K/N`` (and ``--store``, unless the fetch parser has it already)."""
     fetch.add_argument(
         "--shard",
         type=shard_arg,
         metavar="K/N",
         help="fetch only every N-th item, from the K-th (K counts from 0)",
     )
-    if "--backend" not in fetch._option_string_actions:
+    if "--store" not in fetch._option_string_actions:
         fetch.add_argument(
-            "--backend",
+            "--store",
             help="share the limit: sqlite:///path, redis://..., redis+cluster://..., "
-            "redis+sentinel://... (what Session(backend=) takes)",
+            "redis+sentinel://... (what Session(store=) takes)",
         )
 
 

@@ -76,7 +76,7 @@ def flask_app() -> Flask:
         "limits": os.environ.get(LIMITS_ENV) or None,
         "max_wait": float(os.environ.get(MAX_WAIT_ENV, "0.5")),
         "max_concurrency": 8,
-        "backend": os.environ.get(BACKEND_ENV) or "memory",
+        "store": os.environ.get(BACKEND_ENV) or "memory",
     }
     app.config["UPSTREAM_URL"] = os.environ.get(UPSTREAM_ENV, "http://127.0.0.1:9")
     syncfetch.flask.init_app(app)

@@ -74,7 +74,7 @@ def client_main(
     try:
         session = syncfetch.Session(
             f"{RATE}/second",
-            backend=backend,
+            store=backend,
             max_concurrency=THREADS,
             on_backend_error=on_backend_error,
         )
@@ -257,8 +257,8 @@ def test_sqlite_per_host_buckets_and_pauses_are_shared(
 ) -> None:
     backend = sqlite_url(tmp_path)
     with (
-        syncfetch.Session("2/s", backend=backend) as a,
-        syncfetch.Session("2/s", backend=backend) as b,
+        syncfetch.Session("2/s", store=backend) as a,
+        syncfetch.Session("2/s", store=backend) as b,
     ):
         for host in ("127.0.0.1", "localhost"):
             url = server.url.replace("127.0.0.1", host)
@@ -362,11 +362,11 @@ def test_sqlite_unwritable_file_falls_back_with_one_warning(
 
 def test_sqlite_session_pickles_with_its_backend(server: ScriptedServer, tmp_path: Path) -> None:
     backend = sqlite_url(tmp_path)
-    with syncfetch.Session("5/s", backend=backend) as session:
+    with syncfetch.Session("5/s", store=backend) as session:
         session.get(server.url)
         copy = pickle.loads(pickle.dumps(session))
     with copy:
-        assert copy.backend == backend
+        assert copy.store == backend
         assert isinstance(copy._pipeline.limiter, SQLiteLimiter)
         assert copy.get(server.url).status_code == 200
     assert len(_rows(tmp_path / "l.db", "SELECT id FROM syncfetch_log")) == 2
@@ -439,7 +439,7 @@ def test_redis_down_with_fallback_limits_per_process_and_warns_once(
     caplog.set_level(logging.INFO, "syncfetch")
     strict_server.limit([(5, 1.0)])
     url = strict_server.url_for("/x")
-    with syncfetch.Session("5/s", backend=redis_server.url, on_backend_error="fallback") as s:
+    with syncfetch.Session("5/s", store=redis_server.url, on_backend_error="fallback") as s:
         with ThreadPoolExecutor(4) as pool:
             statuses = list(pool.map(lambda _: s.get(url).status_code, range(12)))
         assert statuses == [200] * 12
@@ -462,7 +462,7 @@ def test_redis_down_raises_naming_the_backend(
 ) -> None:
     redis_server.stop()
     with (
-        syncfetch.Session("5/s", backend=redis_server.url) as s,
+        syncfetch.Session("5/s", store=redis_server.url) as s,
         pytest.raises(BackendUnavailable, match=f"127.0.0.1:{redis_server.port}"),
     ):
         s.get(server.url)
@@ -503,7 +503,7 @@ def test_redis_client_argument_and_per_host_keys(
     import redis
 
     client = redis.Redis.from_url(redis_server.url)
-    with syncfetch.Session("5/s", backend=client) as s:
+    with syncfetch.Session("5/s", store=client) as s:
         s.get(server.url)
         s.get(server.url.replace("127.0.0.1", "localhost"))
     # The session did not close a client it was given.
@@ -614,7 +614,7 @@ def test_sqlite_max_wait_raises_rate_limit_exceeded_not_backend_unavailable(
     # requests' exceptions are OSErrors: a RateLimitExceeded from the backend's wait must
     # not be mistaken for a backend failure (found under gunicorn as 500s).
     backend = f"sqlite:///{tmp_path / 'l.db'}"
-    with syncfetch.Session("1/minute", backend=backend, max_wait=0) as s:
+    with syncfetch.Session("1/minute", store=backend, max_wait=0) as s:
         s.get(server.url)
         with pytest.raises(syncfetch.RateLimitExceeded) as info:
             s.get(server.url)

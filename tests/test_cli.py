@@ -184,8 +184,9 @@ def test_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
         ([str(src), "-o", out, "--timeout", "0"], "--timeout"),
         ([str(src), "-o", out, "--method", "GE T"], "--method"),
         ([str(src), "-o", out, "--progress", "--quiet"], "--quiet"),
-        ([str(src), "-o", out, "--backend", "mongodb://x"], "--backend"),
-        ([str(src), "-o", out, "--backend", "memory", "--no-state"], "--no-state"),
+        ([str(src), "-o", out, "--store", "mongodb://x"], "--store"),
+        ([str(src), "-o", out, "--backend", "memory"], "--backend is now called --store"),
+        ([str(src), "-o", out, "--store", "memory", "--no-state"], "--no-state"),
         ([str(src), "-o", str(tmp_path), "--resume"], "directory"),
         ([str(src), "-o", str(tmp_path)], "directory"),
     ):

@@ -267,7 +267,7 @@ def test_retry_after_is_clamped(retry_after: float, header: str):
         ({"limts": "5/second"}, "did you mean 'limits'"),
         ({"per_host": "no"}, "per_host must be True or False"),
         ({"timeout": float("nan")}, "timeout"),
-        ({"backend": "sqlite:////no/such/dir/limits.db"}, "'/no/such/dir' does not exist"),
+        ({"store": "sqlite:////no/such/dir/limits.db"}, "'/no/such/dir' does not exist"),
         ({"retry": {"retries": -1}}, "retries"),
         ("10/second", "must be a mapping"),
     ],

@@ -243,7 +243,7 @@ def test_backend_down_and_up(tmp_path: Path) -> None:
     url = "http://api.test/x"
     with responses.RequestsMock() as mocked:
         mocked.get(url)
-        with syncfetch.Session("100/s", backend=f"sqlite:///{path}", on_event=events.append) as s:
+        with syncfetch.Session("100/s", store=f"sqlite:///{path}", on_event=events.append) as s:
             s.get(url)
             blocker = sqlite3.connect(path, isolation_level=None)
             blocker.execute("BEGIN IMMEDIATE")

@@ -301,7 +301,7 @@ def test_hung_redis_holds_a_call_no_longer_than_max_wait(
     server: ScriptedServer, hung: HungServer, mode: str
 ) -> None:
     url = f"redis://127.0.0.1:{hung.port}/0"
-    with syncfetch.Session("5/s", backend=url, max_wait=1, on_backend_error=mode) as s:
+    with syncfetch.Session("5/s", store=url, max_wait=1, on_backend_error=mode) as s:
         start = time.monotonic()
         if mode == "raise":
             with pytest.raises(BackendUnavailable):
@@ -323,7 +323,7 @@ def test_hung_redis_holds_a_call_no_longer_than_max_wait(
 def test_hung_redis_deadline_bounds_the_wait(server: ScriptedServer, hung: HungServer) -> None:
     url = f"redis://127.0.0.1:{hung.port}/0"
     policy = syncfetch.RetryPolicy(retries=0, deadline=0.5)
-    with syncfetch.Session("5/s", backend=url, retry=policy) as s:
+    with syncfetch.Session("5/s", store=url, retry=policy) as s:
         start = time.monotonic()
         with pytest.raises(RequestException):
             s.get(server.url)
@@ -532,7 +532,7 @@ def test_hung_redis_without_max_wait_costs_one_socket_timeout(
 ) -> None:
     # The pause check fails first: the acquire after it must not wait a second time.
     url = f"redis://127.0.0.1:{hung.port}/0"
-    with syncfetch.Session("5/s", backend=url, retry=0) as s:
+    with syncfetch.Session("5/s", store=url, retry=0) as s:
         start = time.monotonic()
         with pytest.raises(BackendUnavailable):
             s.get(server.url)

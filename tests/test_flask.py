@@ -88,7 +88,7 @@ def test_settings_spellings_from_json_files_are_accepted(make_app: Callable[...,
 
 
 def test_every_session_argument_is_a_valid_key(make_app: Callable[..., Flask]):
-    """Keys come from Session's signature, so new arguments (``backend=``...) pass through."""
+    """Keys come from Session's signature, so new arguments (``store=``...) pass through."""
     params = inspect.signature(syncfetch.Session).parameters
     config = {name: param.default for name, param in params.items()}
     session = make_app(config).extensions["syncfetch"]

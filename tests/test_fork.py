@@ -93,7 +93,7 @@ def use(session: syncfetch.Session, url: str) -> None:
 
 def test_session_works_in_forked_child(server: ScriptedServer, backend: str) -> None:
     url = server.url_for("/item")
-    with syncfetch.Session("100/s", backend=backend, max_concurrency=4) as session:
+    with syncfetch.Session("100/s", store=backend, max_concurrency=4) as session:
         use(session, url)  # the pool, the executor and the limiter's connection are live
         code, report, took = run_in_child(lambda: use(session, url))
         assert code == 0, report
@@ -109,7 +109,7 @@ def test_fork_while_other_threads_are_inside_the_limiter(
     """One thread waits for a token, another holds the limiter's lock, then fork."""
     url = server.url_for("/busy")
     other = server.url.replace("127.0.0.1", "localhost") + "/child"  # another bucket
-    with syncfetch.Session("5/s", backend=backend, max_concurrency=4) as session:
+    with syncfetch.Session("5/s", store=backend, max_concurrency=4) as session:
         for _ in range(5):
             session.get(url)  # the bucket for url is full for about a second
         waiter = threading.Thread(target=session.get, args=(url,))

@@ -122,7 +122,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 def _shared_limiter_pauses(backend: str, seconds: float) -> float:
     """Pause a key for ``seconds`` directly on a backend's limiter; the pause left."""
-    with syncfetch.Session(backend=backend, on_backend_error="raise") as s:
+    with syncfetch.Session(store=backend, on_backend_error="raise") as s:
         limiter = s._pipeline.limiter
         limiter.pause("k", seconds)
         assert not getattr(limiter, "backend_down", lambda: False)()
@@ -160,7 +160,7 @@ def test_a_huge_server_wait_is_capped_at_retry_after_max(
     policy = syncfetch.RetryPolicy(retries=0, retry_after_max=30)
     caplog.set_level(logging.INFO, "syncfetch")
     url = server.url_for("/h")
-    with syncfetch.Session(retry=policy, backend=backend) as s:
+    with syncfetch.Session(retry=policy, store=backend) as s:
         r = s.get(url)
         assert (r.status_code, r.content) == (status, b"kept")  # a 200's body is not lost
         paused = s._pipeline.limiter.paused_for(bucket_key(url, True))
@@ -203,7 +203,7 @@ def test_rates_at_the_bounds_work_on_every_backend(server: ScriptedServer, backe
     widest = [f"{10**9}/{10**12}ms", "1000000000/11574d"]
     assert [(r.limit, r.interval) for r in normalize_limits(widest[0])] == [(10**9, 10**12)]
     for limits in widest:
-        with syncfetch.Session(limits, backend=backend) as s:
+        with syncfetch.Session(limits, store=backend) as s:
             assert s.get(server.url_for("/x")).status_code == 200
 
 

@@ -143,7 +143,7 @@ def test_adaptive_pacing_waiters_end_on_close(server: ScriptedServer) -> None:
 
 
 def test_sqlite_token_waiters_end_on_close(server: ScriptedServer, tmp_path: Path) -> None:
-    s = syncfetch.Session("1/second", backend=f"sqlite:///{tmp_path / 'l.db'}", retry=0)
+    s = syncfetch.Session("1/second", store=f"sqlite:///{tmp_path / 'l.db'}", retry=0)
     calls = Calls()
     calls.start(12, lambda: s.get(server.url_for("/t")))
     close_while_waiting(s, server, calls, waiters=11)
@@ -152,7 +152,7 @@ def test_sqlite_token_waiters_end_on_close(server: ScriptedServer, tmp_path: Pat
 
 def test_sqlite_busy_waiters_end_on_close(server: ScriptedServer, tmp_path: Path) -> None:
     path = tmp_path / "l.db"
-    s = syncfetch.Session("100/second", backend=f"sqlite:///{path}", retry=0)
+    s = syncfetch.Session("100/second", store=f"sqlite:///{path}", retry=0)
     s.get(server.url_for("/t"))  # creates the file and its tables
     # Another process's write lock, held for longer than the busy timeout would wait.
     other = sqlite3.connect(path, isolation_level=None)
@@ -171,7 +171,7 @@ def test_redis_token_waiters_end_on_close(server: ScriptedServer) -> None:
     from tests._redis import RedisServer
 
     with RedisServer() as redis_server:
-        s = syncfetch.Session("1/second", backend=redis_server.url, retry=0)
+        s = syncfetch.Session("1/second", store=redis_server.url, retry=0)
         calls = Calls()
         calls.start(12, lambda: s.get(server.url_for("/t")))
         close_while_waiting(s, server, calls, waiters=11)
@@ -250,7 +250,7 @@ def test_hung_redis_waiters_end_on_close(server: ScriptedServer) -> None:
     pytest.importorskip("redis")
     hung = HungServer()
     try:
-        s = syncfetch.Session("5/s", backend=f"redis://127.0.0.1:{hung.port}/0", retry=0)
+        s = syncfetch.Session("5/s", store=f"redis://127.0.0.1:{hung.port}/0", retry=0)
         calls = Calls()
         calls.start(3, lambda: s.get(server.url_for("/t")))
         # Each waits on Redis for up to 2 s (its socket timeout): close well before.

@@ -44,7 +44,7 @@ def _node_keys(cluster: RedisCluster) -> dict[int, list[str]]:
 def test_cluster_buckets_spread_over_the_masters_without_crossslot(
     cluster: RedisCluster,
 ) -> None:
-    limiter = syncfetch.Session(backend=cluster.url)._pipeline.limiter  # builds the client
+    limiter = syncfetch.Session(store=cluster.url)._pipeline.limiter  # builds the client
     assert isinstance(limiter, RedisClusterLimiter)
     limiter.close()
     limiter = RedisClusterLimiter(cluster.url, [Rate(3, 1000)])
@@ -76,7 +76,7 @@ def test_cluster_client_argument(cluster: RedisCluster, server: ScriptedServer) 
 
     client = Client(startup_nodes=[ClusterNode("127.0.0.1", cluster.nodes[0].port)])
     server.limit([(2, 1.0)])
-    with syncfetch.Session("2/s", backend=client) as s:
+    with syncfetch.Session("2/s", store=client) as s:
         assert isinstance(s._pipeline.limiter, RedisClusterLimiter)
         assert "redis cluster 127.0.0.1:" in s._pipeline.limiter.name
         for _ in range(3):
@@ -109,7 +109,7 @@ def test_cluster_keys_expire_a_window_after_last_use(cluster: RedisCluster) -> N
 
 def test_cluster_down_raises_naming_it_without_the_password(server: ScriptedServer) -> None:
     url = "redis+cluster://user:s3cret-pw@127.0.0.1:1"
-    with pytest.raises(BackendUnavailable) as info, syncfetch.Session("5/s", backend=url) as s:
+    with pytest.raises(BackendUnavailable) as info, syncfetch.Session("5/s", store=url) as s:
         s.get(server.url)
     assert "s3cret-pw" not in str(info.value)
     assert "127.0.0.1:1" in str(info.value)
@@ -197,7 +197,7 @@ def test_cluster_survives_failover_of_the_master_holding_the_key(
     server.limit([(10, 1.0)])
     with (
         RedisCluster(masters=3, replicas=1) as cluster,
-        syncfetch.Session("10/s", backend=cluster.url, max_concurrency=4) as s,
+        syncfetch.Session("10/s", store=cluster.url, max_concurrency=4) as s,
     ):
         zkey = s._pipeline.limiter.key_for(f"http://127.0.0.1:{server.port}")  # type: ignore[attr-defined]
         old = cluster.master_of(zkey)
@@ -232,7 +232,7 @@ def test_cluster_survives_failover_of_the_master_holding_the_key(
 def test_sentinel_follows_the_master_on_failover(server: ScriptedServer) -> None:
     server.limit([(10, 1.0)])
     with RedisSentinel() as sentinel:
-        with syncfetch.Session("10/s", backend=sentinel.url, max_concurrency=4) as s:
+        with syncfetch.Session("10/s", store=sentinel.url, max_concurrency=4) as s:
             assert isinstance(s._pipeline.limiter, RedisLimiter)
             with _Caller(s, server.url_for("/x")) as caller:
                 time.sleep(1.5)
@@ -270,7 +270,7 @@ def test_valkey_four_processes_share_one_limit_and_survive_a_restart(
         # Data lost (restart without persistence): detected, the limit still holds.
         strict_server.reset()
         strict_server.limit([(5, 1.0)])
-        with syncfetch.Session("5/s", backend=valkey.url) as s:
+        with syncfetch.Session("5/s", store=valkey.url) as s:
             for _ in range(5):
                 s.get(strict_server.url)
             valkey.restart()
@@ -292,7 +292,7 @@ def test_cluster_over_tls_with_a_password_never_shown(server: ScriptedServer) ->
             url = cluster.url
             assert url.startswith("rediss+cluster://:pw-Secret1@")
             server.limit([(3, 1.0)])
-            with syncfetch.Session("3/s", backend=url) as s:
+            with syncfetch.Session("3/s", store=url) as s:
                 assert "pw-Secret1" not in repr(s._pipeline.limiter)
                 for _ in range(5):
                     assert s.get(server.url).status_code == 200
@@ -301,7 +301,7 @@ def test_cluster_over_tls_with_a_password_never_shown(server: ScriptedServer) ->
             # A wrong password: BackendUnavailable, and neither password in the message.
             wrong = url.replace("pw-Secret1", "pw-Wrong2")
             with (
-                syncfetch.Session("3/s", backend=wrong) as s,
+                syncfetch.Session("3/s", store=wrong) as s,
                 pytest.raises(BackendUnavailable) as info,
             ):
                 s.get(server.url)
@@ -309,7 +309,7 @@ def test_cluster_over_tls_with_a_password_never_shown(server: ScriptedServer) ->
             # Without TLS the nodes do not answer.
             plain = url.replace("rediss+", "redis+").partition("?")[0]
             with (
-                syncfetch.Session("3/s", backend=plain) as s,
+                syncfetch.Session("3/s", store=plain) as s,
                 pytest.raises(BackendUnavailable),
             ):
                 s.get(server.url)

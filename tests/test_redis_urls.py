@@ -69,7 +69,7 @@ def test_bad_urls_name_the_problem_never_the_password(url: str, why: str) -> Non
 
 def test_session_rejects_a_bad_cluster_url_at_once() -> None:
     with pytest.raises(ValueError, match="expected host:port"):
-        syncfetch.Session("1/s", backend="redis+cluster://u:secret@nohost")
+        syncfetch.Session("1/s", store="redis+cluster://u:secret@nohost")
 
 
 def test_clients_are_built_without_connecting() -> None:

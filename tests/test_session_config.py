@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import pickle
 import threading
 import time
@@ -12,7 +13,8 @@ import pytest
 import requests
 
 import syncfetch
-from syncfetch._session import _backend_text
+from syncfetch._session import _store_text
+from syncfetch._settings import session_kwargs
 from syncfetch._sqlite_limiter import SQLiteLimiter
 from tests._server import ScriptedServer, Step
 
@@ -37,7 +39,7 @@ NAN, INF = float("nan"), float("inf")
         ({"max_workers": 0}, ValueError, "max_workers"),
         ({"on_backend_error": "ignore"}, ValueError, "'ignore'"),
         ({"adaptive": "yes"}, ValueError, "'yes'"),
-        ({"backend": "postgres://db"}, ValueError, "postgres://db"),
+        ({"store": "postgres://db"}, ValueError, "postgres://db"),
     ],
 )
 def test_bad_arguments_are_refused_naming_them(
@@ -48,14 +50,46 @@ def test_bad_arguments_are_refused_naming_them(
     assert needle in str(info.value)
 
 
+def test_the_old_backend_argument_is_refused_naming_store(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    with pytest.raises(TypeError, match=r"now called store=") as info:
+        syncfetch.Session("1/s", backend=url)  # type: ignore[call-arg]
+    assert url in str(info.value)
+    with pytest.raises(TypeError, match=r"now called store=") as info:
+        syncfetch.Session(backend="redis://:s3cret@cache:6379/0")  # type: ignore[call-arg]
+    assert "s3cret" not in str(info.value)
+    assert not (tmp_path / "l.db").exists()  # refused before anything was built
+    with pytest.raises(TypeError, match="unexpected keyword argument 'limit'"):
+        syncfetch.Session(limit="1/s")  # type: ignore[call-arg]
+    assert "backend" not in inspect.signature(syncfetch.Session).parameters
+    with syncfetch.Session(store=url) as s:
+        with pytest.raises(AttributeError, match="backend is now called store"):
+            s.backend = "memory"
+        assert "backend" not in vars(s)
+    with pytest.raises(ValueError, match=r"'backend' \(now called 'store'\)"):
+        session_kwargs({"backend": url})
+
+
+def test_a_session_pickled_with_backend_comes_back_with_store(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    with syncfetch.Session("5/s", store=url) as s:
+        state = s.__getstate__()
+    state["backend"] = state.pop("store")  # as 0.1.0 pickled it
+    copy = syncfetch.Session.__new__(syncfetch.Session)
+    copy.__setstate__(state)
+    with copy:
+        assert copy.store == url
+        assert isinstance(copy._pipeline.limiter, SQLiteLimiter)
+
+
 def test_a_missing_sqlite_directory_is_refused_at_construction(tmp_path: Path) -> None:
     missing = tmp_path / "missing" / "limits.db"
     with pytest.raises(ValueError, match="does not exist") as info:
-        syncfetch.Session(backend=f"sqlite:///{missing}")
+        syncfetch.Session(store=f"sqlite:///{missing}")
     assert str(missing.parent) in str(info.value)
     with pytest.raises(ValueError, match="database file"):
-        syncfetch.Session(backend=f"sqlite:///{tmp_path}")
-    syncfetch.Session(backend=f"sqlite:///{tmp_path / 'ok.db'}").close()
+        syncfetch.Session(store=f"sqlite:///{tmp_path}")
+    syncfetch.Session(store=f"sqlite:///{tmp_path / 'ok.db'}").close()
 
 
 def test_assigned_limits_take_effect(server: ScriptedServer) -> None:
@@ -120,15 +154,15 @@ def test_fixed_settings_apply_before_the_first_call_only(
     server: ScriptedServer, tmp_path: Path
 ) -> None:
     with syncfetch.Session("5/second") as s:
-        s.backend = f"sqlite:///{tmp_path / 'limits.db'}"
+        s.store = f"sqlite:///{tmp_path / 'limits.db'}"
         s.max_concurrency = 3
         s.per_host = False
         assert isinstance(s._pipeline.limiter, SQLiteLimiter)
         assert s._pipeline.slots.size == 3 and s.max_workers == 3
         assert s.adapters["http://"]._pool_maxsize == 3  # type: ignore[attr-defined]
         assert s.get(server.url_for("/x")).status_code == 200
-        with pytest.raises(AttributeError, match=r"create a new syncfetch.Session\(backend=") as e:
-            s.backend = "memory"
+        with pytest.raises(AttributeError, match=r"create a new syncfetch.Session\(store=") as e:
+            s.store = "memory"
         assert "sent requests" in str(e.value)
         with pytest.raises(AttributeError, match="max_concurrency"):
             s.max_concurrency = 8
@@ -222,19 +256,19 @@ def test_repr_shows_the_settings_and_no_secret(tmp_path: Path) -> None:
     with syncfetch.Session(["10/second", "500/minute"], max_concurrency=4, max_wait=2) as s:
         text = repr(s)
     assert text.startswith("<syncfetch.Session limits=['10/1s', '500/60s']")
-    for part in ("max_concurrency=4", "retry=RetryPolicy(", "max_wait=2.0", "backend='memory'"):
+    for part in ("max_concurrency=4", "retry=RetryPolicy(", "max_wait=2.0", "store='memory'"):
         assert part in text
-    assert _backend_text("redis://:s3cret@cache:6379/0") == "'redis://:***@cache:6379/0'"
-    assert _backend_text("rediss://app:s3cret@cache/1") == "'rediss://app:***@cache/1'"
-    assert _backend_text("unix:///run/redis.sock?db=0&password=s3cret") == (
+    assert _store_text("redis://:s3cret@cache:6379/0") == "'redis://:***@cache:6379/0'"
+    assert _store_text("rediss://app:s3cret@cache/1") == "'rediss://app:***@cache/1'"
+    assert _store_text("unix:///run/redis.sock?db=0&password=s3cret") == (
         "'unix:///run/redis.sock?db=***&password=***'"
     )
-    assert _backend_text(object()) == "<builtins.object>"
+    assert _store_text(object()) == "<builtins.object>"
 
 
 def test_assigned_limits_on_a_shared_backend(server: ScriptedServer, tmp_path: Path) -> None:
     url = server.url_for("/x")
-    with syncfetch.Session("1/second", max_wait=0, backend=f"sqlite:///{tmp_path / 'l.db'}") as s:
+    with syncfetch.Session("1/second", max_wait=0, store=f"sqlite:///{tmp_path / 'l.db'}") as s:
         s.get(url)
         old = s._pipeline.limiter
         assert isinstance(old, SQLiteLimiter)

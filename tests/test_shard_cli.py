@@ -1,5 +1,5 @@
 """A crawl split over 4 processes sharing one Redis limit: ``syncfetch fetch --shard K/4
---backend redis://...``, then ``syncfetch merge`` (issue 16)."""
+--store redis://...``, then ``syncfetch merge`` (issue 16)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def _fetch(inp: Path, out: Path, shard: str, backend: str, *extra: str) -> subpr
             str(out),
             "--shard",
             shard,
-            "--backend",
+            "--store",
             backend,
             "--rate",
             f"{RATE}/s",

@@ -1,0 +1,73 @@
+"""What one call may set for itself: ``session.get(url, retry=0, max_wait=5)``."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ._retry import RetryPolicy
+
+
+def check_max_wait(value: Any) -> float | None:
+    """``max_wait`` as stored: ``None`` or finite seconds >= 0.
+
+    :raises ValueError: naming the value.
+    """
+    if value is not None and (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(
+            f"max_wait must be None (wait as long as needed) or finite seconds >= 0, not {value!r}"
+        )
+    return None if value is None else float(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class CallOptions:
+    """The settings one call runs under: the session's, with the call's own overrides.
+
+    Resolved once, when the call starts; its redirect hops and retries keep them.
+    A field added here becomes a per-call keyword once it has a check in
+    :data:`OVERRIDES`.
+
+    :ivar retry: the call's retries, backoff, retried statuses and deadline. The retry
+        budget and the handling of server-requested pauses stay the session's.
+    :ivar max_wait: longest each attempt waits for a slot and a token.
+    """
+
+    retry: RetryPolicy
+    max_wait: float | None
+
+
+#: The keywords a call may pass for itself, each with the check that turns it into
+#: its field of :class:`CallOptions` (raising ValueError/TypeError naming the value).
+OVERRIDES: dict[str, Callable[[Any], Any]] = {
+    "retry": RetryPolicy.coerce,
+    "max_wait": check_max_wait,
+}
+
+
+def check_overrides(given: Mapping[str, Any]) -> dict[str, Any]:
+    """The per-call options among ``given``, checked (other keys are ignored).
+
+    :raises ValueError: or TypeError, naming the option and the bad value.
+    """
+    checked = {}
+    for name, check in OVERRIDES.items():
+        if name in given:
+            try:
+                checked[name] = check(given[name])
+            except (TypeError, ValueError) as exc:
+                message = str(exc) if name in str(exc) else f"{name}: {exc}"
+                raise type(exc)(f"per-call {message}") from None
+    return checked
+
+
+def resolve(defaults: CallOptions, overrides: Mapping[str, Any] | None) -> CallOptions:
+    """``defaults`` with the checked ``overrides`` applied."""
+    return dataclasses.replace(defaults, **overrides) if overrides else defaults
