@@ -268,3 +268,19 @@ def test_a_leaky_bucket_never_overdraws(
         for s, _ in spent[: i + 1]:
             used = sum(a for u, a in spent[: i + 1] if u >= s)
             assert used <= capacity + rate * (t - s) + 1e-6
+
+
+def test_slack_stops_counting_arrivals_that_close_to_leaving_a_sliding_window() -> None:
+    strict, slack = Meter(Window(2, 1.0), 0.0), Meter(Window(2, 1.0), 0.0, slack=0.1)
+    for meter in (strict, slack):
+        meter.take(0.0, 1)
+        meter.take(0.0, 1)
+    assert strict.wait(0.5, 1) == pytest.approx(0.5)
+    assert slack.wait(0.5, 1) == pytest.approx(0.4)  # the window is 0.9 s long for it
+    assert strict.wait(0.95, 1) == pytest.approx(0.05)
+    assert slack.wait(0.95, 1) == 0.0
+
+
+def test_fake_api_rejects_a_bad_slack() -> None:
+    with pytest.raises(ValueError, match="slack"):
+        FakeAPI(slack=-1.0)
