@@ -30,9 +30,11 @@ from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from ._meters import Meter, Window
+
+_F = TypeVar("_F", bound="FakeServer")
 
 #: Header dialects the fake provider speaks.
 DIALECTS = (
@@ -183,7 +185,7 @@ class FakeServer(ThreadingHTTPServer):
             return  # stop() shut the socket under a busy handler
         super().handle_error(request, client_address)
 
-    def start(self) -> FakeServer:
+    def start(self: _F) -> _F:
         """Serve from a daemon thread of this process."""
         self._thread = threading.Thread(
             target=self.serve_forever, args=(0.05,), daemon=True, name=f"fake-api:{self.port}"
