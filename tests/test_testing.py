@@ -284,3 +284,27 @@ def test_slack_stops_counting_arrivals_that_close_to_leaving_a_sliding_window() 
 def test_fake_api_rejects_a_bad_slack() -> None:
     with pytest.raises(ValueError, match="slack"):
         FakeAPI(slack=-1.0)
+
+
+def test_fake_api_reads_chunked_bodies_and_serves_any_method() -> None:
+    with FakeAPI(process=False) as api, requests.Session() as s:
+        chunked = s.post(api.url_for("/upload"), data=iter([b"ab", b"cd"]))
+        after = s.get(api.url_for("/after"))  # same keep-alive connection: the body was read
+        custom = s.request("PURGE", api.url_for("/cache"))
+    assert [chunked.status_code, after.status_code, custom.status_code] == [200, 200, 200]
+    assert [(a.method, a.path) for a in api.arrivals()] == [
+        ("POST", "/upload"),
+        ("GET", "/after"),
+        ("PURGE", "/cache"),
+    ]
+
+
+def test_fake_api_stop_cuts_keep_alive_connections() -> None:
+    api = FakeAPI(process=False).start()
+    two = api.url_for("/two")
+    with requests.Session() as s:
+        assert s.get(api.url_for("/one")).status_code == 200
+        api.stop()  # without the cut, the open connection's handler would still answer
+        with pytest.raises(requests.ConnectionError):
+            s.get(two)
+    assert api.statuses() == [200]
