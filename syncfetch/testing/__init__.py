@@ -138,7 +138,7 @@ class FakeAPI:
             raise ValueError("fail_rate + reset_rate + lost_rate must be at most 1")
         if not 0 <= latency <= 60:
             raise ValueError(f"latency must be 0 to 60 seconds, not {latency!r}")
-        if not 0 <= slack < 60:
+        if not 0 <= slack <= 60:
             raise ValueError(f"slack must be 0 to 60 seconds, not {slack!r}")
         if ban_after is not None and ban_after < 0:
             raise ValueError(f"ban_after must be >= 0 or None, not {ban_after!r}")
