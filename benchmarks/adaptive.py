@@ -19,8 +19,6 @@ second over time against the limit (needs matplotlib).
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import threading
 import time
@@ -36,24 +34,11 @@ ROOT = Path(__file__).resolve().parent.parent
 THREADS = 16
 WARMUP = 5.0
 
-# The server runs tests/_server.py's strict sliding window in a child process, so it
-# does not compete with the client for the GIL; the parent changes its limit over stdin.
-SERVER = """
-import json, sys
-sys.path.insert(0, sys.argv[1])
-from tests._server import ScriptedServer
-srv = ScriptedServer().start()
-srv.limit([(int(sys.argv[2]), 1.0)])
-print(srv.url, flush=True)
-for line in sys.stdin:
-    word, _, arg = line.strip().partition(" ")
-    if word == "limit":
-        srv.limit([(int(arg), 1.0)])
-    elif word == "dump":
-        print(json.dumps([[r.t, r.status] for r in srv.records]), flush=True)
-        break
-srv.stop()
-"""
+# The server is the test suite's scripted server (the fake API's core) in its own process
+# (tests/_server.py ServerProcess), so it does not compete with the client for the GIL; the
+# parent changes its limit half way.
+sys.path.insert(0, str(ROOT))
+from tests._server import ServerProcess  # noqa: E402
 
 
 class AIMD(AdaptiveLimiter):
@@ -87,15 +72,10 @@ def _session(mode: str) -> syncfetch.Session:
 
 def measure(mode: str, l1: int, phase: float) -> tuple[float, list[tuple[float, int]]]:
     """Run one client through both phases; return the start time and (arrival, status)s."""
-    server = subprocess.Popen(
-        [sys.executable, "-c", SERVER, str(ROOT), str(l1)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert server.stdin is not None and server.stdout is not None
+    server = ServerProcess().start()
     try:
-        url = server.stdout.readline().strip()
+        server.limit([(l1, 1.0)])
+        url = server.url
         session = _session(mode)
         start = time.monotonic()
         stop = start + 2 * phase
@@ -108,17 +88,13 @@ def measure(mode: str, l1: int, phase: float) -> tuple[float, list[tuple[float, 
         for t in threads:
             t.start()
         time.sleep(phase)
-        server.stdin.write(f"limit {2 * l1}\n")
-        server.stdin.flush()
+        server.limit([(2 * l1, 1.0)])
         for t in threads:
             t.join()
         session.close()
-        server.stdin.write("dump\n")
-        server.stdin.flush()
-        records = [(t - start, s) for t, s in json.loads(server.stdout.readline())]
+        records = [(r.t - start, r.status) for r in server.records]
     finally:
-        server.kill()
-        server.wait()
+        server.stop()
     return start, records
 
 

@@ -1,6 +1,6 @@
 """Retry budget: a flaky server gets every retry, an outage does not multiply the load.
 
-A server in its own process answers 503 to a random share of requests (flaky), or, for
+The fake API's server in its own process answers 503 to a random share of requests (flaky), or, for
 an outage, answers every request with a 503 or a connection reset (alternately) for
 ``OUTAGE`` seconds, then 200 again. Sixteen threads share one session,
 ``RetryPolicy(retries=8, backoff_base=0.01, backoff_max=0.05)``, ``max_concurrency=16``,
@@ -16,101 +16,70 @@ saw during it, their ratio, and the seconds from the recovery to the first call 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import functools
 import logging
 import multiprocessing
-import os
 import random
-import socket
-import struct
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from multiprocessing.sharedctypes import Synchronized
-from typing import Any
 
 import requests
 from _report import Options, Table, render_text
 
 import syncfetch
+from syncfetch.testing._server import FakeConfig, FakeHandler, FakeServer, ServerChild
 
 THREADS = 16
 RETRIES = 8
 OUTAGE = 30.0
 POLICY = {"retries": RETRIES, "backoff_base": 0.01, "backoff_max": 0.05}
 
-_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-_DOWN = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\ndown"
 
+class _Flaky(FakeServer):
+    """The fake API's server, answering 503 with probability ``fail``; in an outage, 503 or
+    a connection reset, alternately. ``hits`` counts every request."""
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 256
+    def __init__(
+        self, fail: Synchronized[float], outage: Synchronized[int], hits: Synchronized[int]
+    ) -> None:
+        super().__init__(FakeConfig())
+        self.fail, self.outage, self.hits = fail, outage, hits
+        self.rng = random.Random()
+        self.turn = 0  # outage answers so far (guarded by _lock)
 
-
-def _serve(
-    fail: Synchronized[float], outage: Synchronized[int], hits: Synchronized[int], port: Any
-) -> None:
-    """Child process: 503 with probability ``fail``; in an outage, 503 or reset, alternately."""
-    rng = random.Random()
-    turn = [0]
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True
-
-        def do_GET(self) -> None:
-            with hits.get_lock():
-                hits.value += 1
-            if outage.value:
-                turn[0] += 1
-                if turn[0] % 2:
-                    self.close_connection = True
-                    with contextlib.suppress(OSError):
-                        self.connection.setsockopt(
-                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-                        )
-                    self.rfile.close()
-                    self.connection.close()
-                    return
-                self.wfile.write(_DOWN)
+    def respond(self, handler: FakeHandler) -> None:
+        with self.hits.get_lock():
+            self.hits.value += 1
+        if self.outage.value:
+            with self._lock:
+                self.turn += 1
+                reset = self.turn % 2 == 1
+            if reset:
+                handler.reset()
             else:
-                self.wfile.write(_DOWN if rng.random() < fail.value else _OK)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = _Server(("127.0.0.1", 0), Handler)
-    port.value = server.server_address[1]
-    parent = os.getppid()
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    while os.getppid() == parent:  # lives as long as the benchmark
-        time.sleep(0.25)
+                handler.send(503, {}, b"down")
+        elif self.rng.random() < self.fail.value:
+            handler.send(503, {}, b"down")
+        else:
+            handler.send(200, {}, b"ok")
 
 
 class Server:
+    """:class:`_Flaky` in its own process; ``fail``, ``outage`` and ``hits`` are shared."""
+
     def __init__(self) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.fail = ctx.Value("d", 0.0)
         self.outage = ctx.Value("i", 0)
         self.hits = ctx.Value("q", 0)
-        port = ctx.Value("i", 0)
-        self._proc = ctx.Process(
-            target=_serve, args=(self.fail, self.outage, self.hits, port), daemon=True
-        )
-        self._proc.start()
-        deadline = time.monotonic() + 30
-        while not port.value and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{port.value}/"
+        self._child = ServerChild(functools.partial(_Flaky, self.fail, self.outage, self.hits))
+        self.url = f"http://127.0.0.1:{self._child.start()}/"
 
     def stop(self) -> None:
-        self._proc.terminate()
-        self._proc.join(5)
+        self._child.stop()
 
 
 def _session(budget: bool) -> syncfetch.Session:

@@ -1,95 +1,58 @@
 """A strict demo upstream API for the examples: at most N requests per sliding second.
 
 ``GET /items/<id>`` answers ``{"id": <id>, "name": "item <id>"}``; above the limit it
-answers 429 with ``Retry-After: 1``, as a real rate-limited API would. The examples
-start one in a background thread; ``python examples/upstream.py [PORT]`` serves one
-in the foreground (default port 8001) for an app run any other way.
+answers 429 with ``Retry-After: 1``, as a real rate-limited API would. It is the fake API
+of ``syncfetch.testing`` (the server behind ``FakeAPI``) with an answer of its own for
+``/items/<id>``. The examples start one in a background thread; ``python
+examples/upstream.py [PORT]`` serves one in the foreground (default port 8001) for an app
+run any other way.
 """
 
 from __future__ import annotations
 
-import collections
-import json
 import sys
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from syncfetch.testing import Window
+from syncfetch.testing._server import FakeConfig, FakeServer
 
-class StrictUpstream:
+
+class StrictUpstream(FakeServer):
     """The API on ``127.0.0.1:port`` (0: a free port), counting what it answered."""
 
     def __init__(self, limit: int = 20, window: float = 1.0, port: int = 0) -> None:
         self.limit, self.window = limit, window
-        self.served = self.rejected = 0
-        self._arrivals: collections.deque[float] = collections.deque()
-        self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
-        self._httpd.daemon_threads = True
-        self._httpd.upstream = self  # type: ignore[attr-defined]
+        super().__init__(FakeConfig(windows=(Window(limit, window),), port=port))
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        return f"http://127.0.0.1:{self.port}"
 
-    def admit(self) -> bool:
-        """Record an arrival; False when it is over the limit (and so not counted in it)."""
-        now = time.monotonic()
-        with self._lock:
-            while self._arrivals and self._arrivals[0] <= now - self.window:
-                self._arrivals.popleft()
-            if len(self._arrivals) < self.limit:
-                self._arrivals.append(now)
-                self.served += 1
-                return True
-            self.rejected += 1
-            return False
+    @property
+    def served(self) -> int:
+        """Requests admitted (answered 200, or 404 for a path that is not an item)."""
+        return sum(1 for a in self.arrivals() if a.status == 200)
 
-    def start(self) -> StrictUpstream:
-        """Serve in a background (daemon) thread."""
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-        return self
+    @property
+    def rejected(self) -> int:
+        """Requests over the limit, answered 429 (and not counted in the window)."""
+        return sum(1 for a in self.arrivals() if a.status == 429)
 
-    def serve_forever(self) -> None:
-        self._httpd.serve_forever()
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+    def reply(self, method: str, path: str, decision: Any) -> tuple[int, dict[str, str], Any]:
+        status, headers, body = decision.reply
+        if status != 200:
+            return status, headers, body
+        parts = path.strip("/").split("/")
+        if len(parts) == 2 and parts[0] == "items" and parts[1].isdigit():
+            return 200, headers, {"id": int(parts[1]), "name": f"item {parts[1]}"}
+        return 404, headers, {"error": "not found"}
 
     def __enter__(self) -> StrictUpstream:
-        return self.start()
+        self.start()
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:
-        upstream: StrictUpstream = self.server.upstream  # type: ignore[attr-defined]
-        parts = self.path.strip("/").split("/")
-        if not upstream.admit():
-            self._send(429, {"error": "rate limited"}, {"Retry-After": "1"})
-        elif len(parts) == 2 and parts[0] == "items" and parts[1].isdigit():
-            self._send(200, {"id": int(parts[1]), "name": f"item {parts[1]}"})
-        else:
-            self._send(404, {"error": "not found"})
-
-    def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
 
 
 if __name__ == "__main__":

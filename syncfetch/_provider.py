@@ -5,38 +5,28 @@ and 1,000 per minute) and answers ``429`` with ``Retry-After`` above them; only 
 requests count in the windows. Admitted requests then fail like a real provider's: about
 30% ``503`` and 2% TCP resets, after a latency of 20 ms. The outcome of the n-th admitted
 attempt at a path depends only on the seed, the path and n, so every client of the demo
-meets the same faults. :class:`Provider` runs it in a child process, so it never competes
-for the client's GIL, and returns every arrival when stopped: it is a
-:class:`syncfetch.testing.FakeAPI`, which builds on :class:`ProviderServer`.
+meets the same faults. It is :class:`syncfetch.testing.FakeAPI`'s server configured from a
+:class:`ProviderConfig`: :class:`Provider` runs it in a child process, so it never competes
+for the client's GIL, and returns every arrival when stopped.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
-import json
 import math
-import random
-import socket
-import socketserver
-import struct
 import sys
-import threading
-import time
 from collections.abc import Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
+
+from .testing._meters import Meter, Window
+from .testing._server import RESET, FakeConfig, FakeServer, _Decision
 
 if TYPE_CHECKING:
     from .testing import FakeAPI
 
-#: Status recorded for a request answered with a TCP reset.
-RESET = 0
 Limits = Sequence[tuple[int, float]]
-
-_REASONS = {200: "OK", 429: "Too Many Requests", 503: "Service Unavailable"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +64,17 @@ class ProviderConfig:
             f"{self.latency * 1000:.0f} ms latency, seed {self.seed}"
         )
 
+    def fake(self) -> FakeConfig:
+        """The same provider as a :class:`syncfetch.testing.FakeAPI` configuration."""
+        return FakeConfig(
+            windows=tuple(Window(count, seconds) for count, seconds in self.limits),
+            fail_rate=self.fail_rate,
+            reset_rate=self.reset_rate,
+            latency=self.latency,
+            seed=self.seed,
+            port=self.port,
+        )
+
 
 class Arrival(NamedTuple):
     """One request the provider received: monotonic arrival time, path, status (0: reset)."""
@@ -86,27 +87,22 @@ class Arrival(NamedTuple):
 class SlidingWindow:
     """Exact sliding-window admission: fewer than ``count`` admitted in ``(now - s, now]``.
 
-    Not thread-safe on its own: the server calls it under its lock.
+    The fake API's sliding meters; not thread-safe on its own.
     """
 
     def __init__(self, limits: Limits) -> None:
-        self._logs = [(count, seconds, collections.deque[float]()) for count, seconds in limits]
+        self._meters = [Meter(Window(count, seconds), 0.0) for count, seconds in limits]
 
     def admit(self, now: float) -> float:
         """Count a request arriving at ``now`` if every window has room.
 
         :returns: 0.0 when admitted, else the seconds until it would be.
         """
-        wait = 0.0
-        for count, seconds, log in self._logs:
-            while log and log[0] <= now - seconds:
-                log.popleft()
-            if len(log) >= count:
-                wait = max(wait, log[len(log) - count] + seconds - now)
+        wait = max((m.wait(now, 1) for m in self._meters), default=0.0)
         if wait > 0:
             return wait
-        for _, _, log in self._logs:
-            log.append(now)
+        for meter in self._meters:
+            meter.take(now, 1)
         return 0.0
 
 
@@ -135,99 +131,37 @@ def floor_seconds(admitted: int, limits: Limits) -> float:
     return times[-1] if times else 0.0
 
 
-class ProviderServer(ThreadingHTTPServer):
-    """The provider, served from this process (see :class:`Provider` for a child process)."""
+class ProviderServer(FakeServer):
+    """The provider, served from this process (see :class:`Provider` for a child process).
 
-    daemon_threads = True
-    block_on_close = False
-    # 50 client threads connect at once: the default backlog of 5 would drop SYNs.
-    request_queue_size = 1024
+    A :class:`syncfetch.testing._server.FakeServer` whose 200s echo the path.
+    """
 
     def __init__(self, config: ProviderConfig) -> None:
-        super().__init__(("127.0.0.1", config.port), _Handler)
+        super().__init__(config.fake())
         self.config = config
-        # _lock guards the window, the per-path counts and the records: admission and
-        # recording of one arrival are atomic.
-        self._lock = threading.Lock()
-        self._window = SlidingWindow(config.limits)
-        self._seen: collections.Counter[str] = collections.Counter()
-        self._records: list[Arrival] = []
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind calls socket.getfqdn(), a reverse DNS lookup that can stall.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name = "127.0.0.1"
-        self.server_port = self.server_address[1]
 
     @property
     def url(self) -> str:
         """Base URL, ending with a slash."""
-        return f"http://127.0.0.1:{self.server_address[1]}/"
+        return f"http://127.0.0.1:{self.port}/"
+
+    def reply(self, method: str, path: str, decision: _Decision) -> tuple[int, dict[str, str], Any]:
+        status, headers, body = decision.reply
+        if status == 200:
+            body = {"path": path, "ok": True}
+        elif status == 503:
+            body = {"error": "temporarily unavailable"}
+        return status, headers, body
 
     def decide(self, path: str, now: float) -> tuple[int, float]:
-        """Status for a request to ``path`` arriving at ``now``, and the wait for a 429."""
-        cfg = self.config
-        with self._lock:
-            wait = self._window.admit(now)
-            if wait > 0:
-                status = 429
-            else:
-                nth = self._seen[path]
-                self._seen[path] += 1
-                draw = random.Random(f"{cfg.seed}:{path}:{nth}").random()
-                if draw < cfg.reset_rate:
-                    status = RESET
-                elif draw < cfg.reset_rate + cfg.fail_rate:
-                    status = 503
-                else:
-                    status = 200
-            self._records.append(Arrival(now, path, status))
-        return status, wait
+        """Status for a GET of ``path`` arriving at ``now``, and the wait for a 429."""
+        decision = self.judge("GET", path, {}, now)
+        return decision.status, decision.wait
 
     def records(self) -> list[Arrival]:
         """Every arrival so far, in arrival order."""
-        with self._lock:
-            return list(self._records)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    server: ProviderServer
-
-    def do_GET(self) -> None:
-        # Headers are parsed by now: this is the request's arrival.
-        status, wait = self.server.decide(self.path, time.monotonic())
-        latency = self.server.config.latency
-        if latency > 0:
-            time.sleep(latency)
-        if status == RESET:
-            # Linger 0 makes close() send RST instead of FIN; closing here (before the
-            # server's shutdown(SHUT_WR), which would send a FIN) makes it a real reset.
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.close_connection = True
-            self.connection.close()
-            return
-        extra = ""
-        if status == 200:
-            body = {"path": self.path, "ok": True}
-        elif status == 429:
-            seconds = retry_after(wait)
-            extra = f"Retry-After: {seconds}\r\n"
-            body = {"error": "rate limited", "retry_after": seconds}
-        else:
-            body = {"error": "temporarily unavailable"}
-        data = json.dumps(body).encode()
-        head = (
-            f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(data)}\r\n{extra}\r\n"
-        )
-        # One write: the answer leaves as one segment.
-        with contextlib.suppress(OSError):
-            self.wfile.write(head.encode("ascii") + data)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        return [Arrival(a.at, a.path, a.status) for a in self.arrivals()]
 
 
 class Provider:

@@ -1,4 +1,8 @@
-"""A scripted, real HTTP/1.1 server for the syncfetch test suite (standard library only).
+"""A scripted, real HTTP/1.1 server for the syncfetch test suite.
+
+A thin layer over the project's one local server, ``syncfetch.testing``'s ``FakeServer``
+(socket handling, connection cutting, body reading, resets, sliding-window meters, the
+process of its own): what is added here is per-path scripts of answers and a richer record.
 
 Typical use::
 
@@ -12,31 +16,22 @@ Typical use::
 from __future__ import annotations
 
 import bisect
-import contextlib
 import email.utils
-import json
-import os
-import socket
-import socketserver
-import struct
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, TypeVar
+
+from syncfetch.testing._meters import Meter, Window
+from syncfetch.testing._server import FakeConfig, FakeHandler, FakeServer, ServerChild
 
 __all__ = ["Headers", "Record", "ScriptedServer", "ServerProcess", "Step", "http_date"]
 
 HeaderValue = str | Callable[[], str]
 _S = TypeVar("_S", bound="ScriptedServer")
 ACTIONS = frozenset({"respond", "reset", "truncate", "trickle", "hang"})
-
-# Errors a client can legitimately cause by going away mid-exchange.
-_CLIENT_GONE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError)
 
 
 def http_date(offset: float = 0.0) -> str:
@@ -110,7 +105,6 @@ class Record:
 
 
 _DEFAULT_STEP = Step()
-_NO_BODY_STATUSES = frozenset({204, 304})
 
 
 def _route(path: str) -> str:
@@ -124,178 +118,32 @@ def _matches(record_path: str, path: str | None) -> bool:
     return record_path == path if "?" in path else _route(record_path) == path
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 256
-    allow_reuse_address = True
+def _evaluate(headers: Mapping[str, HeaderValue]) -> dict[str, str]:
+    return {name: value() if callable(value) else value for name, value in headers.items()}
+
+
+class _Core(FakeServer):
+    """The shared fake API server, answering from its owner's scripts."""
 
     def __init__(self, owner: ScriptedServer) -> None:
+        super().__init__(FakeConfig())
         self.owner = owner
-        super().__init__(("127.0.0.1", 0), _Handler)
 
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind calls socket.getfqdn(), a reverse DNS lookup that can stall.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name = "127.0.0.1"
-        self.server_port = self.server_address[1]
+    def respond(self, handler: FakeHandler) -> None:
+        self.owner._serve(handler)
 
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, addr = super().get_request()
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.owner._track(sock)
-        return sock, addr
-
-    def shutdown_request(self, request: Any) -> None:
-        try:
-            super().shutdown_request(request)
-        finally:
-            self.owner._untrack(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        exc = sys.exc_info()[1]
-        if isinstance(exc, _CLIENT_GONE):
-            return
-        if self.owner._stopping.is_set() and isinstance(exc, (OSError, ValueError)):
-            return  # stop() shut the socket under a busy handler
-        super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _HTTPServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def __getattr__(self, name: str) -> Any:
-        # Serve every method, including ones BaseHTTPRequestHandler has never heard of.
-        if name.startswith("do_"):
-            return self._serve
-        raise AttributeError(name)
-
-    def _serve(self) -> None:
-        owner = self.server.owner
-        record, step = owner._arrive(self)
-        try:
-            record.body = self._read_body()
-            if step is None:
-                self._respond(record, 429, {"Retry-After": owner._retry_after}, b"rate limited")
-            else:
-                self._play(record, step)
-        finally:
-            owner._depart()
-
-    def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return self._read_chunked()
-        length = self.headers.get("Content-Length")
-        if not length:
-            return b""
-        try:
-            n = int(length)
-        except ValueError:
-            self.close_connection = True
-            return b""
-        return self.rfile.read(n) if n > 0 else b""
-
-    def _read_chunked(self) -> bytes:
-        parts: list[bytes] = []
-        while True:
-            line = self.rfile.readline(65537)
-            if not line:
-                self.close_connection = True
-                return b"".join(parts)
-            size = int(line.split(b";", 1)[0].strip() or b"0", 16)
-            if size == 0:
-                break
-            parts.append(self.rfile.read(size))
-            self.rfile.readline(65537)  # CRLF after the chunk data
-        while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-            pass  # trailer fields are ignored
-        return b"".join(parts)
-
-    def _play(self, record: Record, step: Step) -> None:
-        stopping = self.server.owner._stopping
-        if step.action == "hang":
-            stopping.wait(step.delay if step.delay > 0 else None)
-            self._close_write()
-            return
-        if step.delay > 0:
-            stopping.wait(step.delay)
-        if step.action == "respond":
-            self._respond(record, step.status, step.headers, step.body)
-        elif step.action == "reset":
-            self._reset()
-        elif step.action == "truncate":
-            head = self._head(step.status, step.headers, len(step.body) + 100, force_length=True)
-            record.status = step.status
-            self.wfile.write(head if self.command == "HEAD" else head + step.body)
-            self._close_write()
-        elif step.action == "trickle":
-            head = self._head(step.status, step.headers, len(step.body), force_length=True)
-            record.status = step.status
-            self.wfile.write(head)
-            if self.command == "HEAD":
-                return
-            for i in range(len(step.body)):
-                if i and stopping.wait(step.trickle_interval):
-                    self._close_write()
-                    return
-                self.wfile.write(step.body[i : i + 1])
-
-    def _respond(
-        self, record: Record, status: int, headers: Mapping[str, HeaderValue], body: bytes
-    ) -> None:
-        if status in _NO_BODY_STATUSES or status < 200:
-            body = b""
-            head = self._head(status, headers, None)
-        else:
-            head = self._head(status, headers, len(body))
-        record.status = status
-        # One write per response: with TCP_NODELAY, head and body would otherwise go out
-        # as separate segments.
-        self.wfile.write(head if self.command == "HEAD" else head + body)
-
-    def _head(
-        self,
-        status: int,
-        headers: Mapping[str, HeaderValue],
-        length: int | None,
-        force_length: bool = False,
-    ) -> bytes:
-        reason = self.responses.get(status, ("",))[0]
-        lines = [f"{self.protocol_version} {status} {reason}"]
-        has_length = False
-        for name, value in headers.items():
-            lname = name.lower()
-            if lname == "content-length":
-                if force_length:
-                    continue
-                has_length = True
-            text = value() if callable(value) else value
-            if lname == "connection" and text.lower() == "close":
-                self.close_connection = True
-            lines.append(f"{name}: {text}")
-        if length is not None and not has_length:
-            lines.append(f"Content-Length: {length}")
-        if self.close_connection and not any(n.lower() == "connection" for n in headers):
-            lines.append("Connection: close")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-    def _close_write(self) -> None:
-        self.close_connection = True
-        with contextlib.suppress(OSError):
-            self.connection.shutdown(socket.SHUT_WR)
-
-    def _reset(self) -> None:
-        self.close_connection = True
-        with contextlib.suppress(OSError):
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        # rfile holds a makefile() reference; the fd (and the RST) only goes once it is closed.
-        self.rfile.close()
-        self.connection.close()
+    def command(self, name: str, *args: Any) -> Any:
+        """Commands from :class:`ServerProcess`, run on the owner in the server's process."""
+        owner = self.owner
+        if name == "script":
+            return owner.script(*args)
+        if name == "limit":
+            return owner.limit(*args)
+        if name == "reset":
+            return owner.reset()
+        if name == "records":
+            return owner.records
+        return super().command(name, *args)
 
 
 class ScriptedServer:
@@ -304,10 +152,7 @@ class ScriptedServer:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._stopping = threading.Event()
-        self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self._conns: set[socket.socket] = set()
+        self._httpd: _Core | None = None
         self._records: list[Record] = []
         self._scripts: dict[str, tuple[Step, ...]] = {}
         self._cursor: dict[str, int] = {}
@@ -315,7 +160,7 @@ class ScriptedServer:
         self._retry_after: HeaderValue = "1"
         self._count_rejected = False
         self._key: Callable[[Record], Hashable] | None = None
-        self._windows: dict[Hashable, list[float]] = {}
+        self._windows: dict[Hashable, list[Meter]] = {}
         self._in_flight = 0
         self._peak = 0
 
@@ -325,35 +170,14 @@ class ScriptedServer:
         """Bind a free port and serve in a background daemon thread."""
         if self._httpd is not None:
             raise RuntimeError("server already started")
-        self._stopping.clear()
-        self._httpd = _HTTPServer(self)
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"ScriptedServer:{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
+        self._httpd = _Core(self).start()
         return self
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop serving, cut open (keep-alive) connections and close everything. Idempotent."""
-        httpd, thread = self._httpd, self._thread
-        if httpd is None:
-            return
-        self._stopping.set()
-        httpd.shutdown()
-        with self._lock:
-            conns = list(self._conns)
-        for sock in conns:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        httpd.server_close()
-        if thread is not None:
-            thread.join(timeout)
-        with self._changed:
-            self._changed.wait_for(lambda: not self._conns, timeout)
-        self._httpd = self._thread = None
+        httpd, self._httpd = self._httpd, None
+        if httpd is not None:
+            httpd.stop(timeout)
 
     def __enter__(self: _S) -> _S:
         return self.start()
@@ -370,7 +194,7 @@ class ScriptedServer:
     def port(self) -> int:
         if self._httpd is None:
             raise RuntimeError("server not started")
-        return int(self._httpd.server_address[1])
+        return self._httpd.port
 
     @property
     def url(self) -> str:
@@ -477,7 +301,61 @@ class ScriptedServer:
 
     # -- handler hooks -------------------------------------------------------------------
 
-    def _arrive(self, handler: _Handler) -> tuple[Record, Step | None]:
+    def _serve(self, handler: FakeHandler) -> None:
+        record, step = self._arrive(handler)
+        try:
+            record.body = handler.read_body()
+            if step is None:
+                limited = {"Retry-After": self._retry_after}
+                self._respond(handler, record, 429, limited, b"rate limited")
+            else:
+                self._play(handler, record, step)
+        finally:
+            self._depart()
+
+    def _play(self, handler: FakeHandler, record: Record, step: Step) -> None:
+        stopping = handler.server.stopping
+        if step.action == "hang":
+            stopping.wait(step.delay if step.delay > 0 else None)
+            handler.close_write()
+            return
+        if step.delay > 0:
+            stopping.wait(step.delay)
+        if step.action == "respond":
+            self._respond(handler, record, step.status, step.headers, step.body)
+        elif step.action == "reset":
+            handler.reset()
+        elif step.action == "truncate":
+            headers = _evaluate(step.headers)
+            head = handler.head(step.status, headers, len(step.body) + 100, force=True)
+            record.status = step.status
+            handler.wfile.write(head if handler.command == "HEAD" else head + step.body)
+            handler.close_write()
+        elif step.action == "trickle":
+            headers = _evaluate(step.headers)
+            head = handler.head(step.status, headers, len(step.body), force=True)
+            record.status = step.status
+            handler.wfile.write(head)
+            if handler.command == "HEAD":
+                return
+            for i in range(len(step.body)):
+                if i and stopping.wait(step.trickle_interval):
+                    handler.close_write()
+                    return
+                handler.wfile.write(step.body[i : i + 1])
+
+    def _respond(
+        self,
+        handler: FakeHandler,
+        record: Record,
+        status: int,
+        headers: Mapping[str, HeaderValue],
+        body: bytes,
+    ) -> None:
+        record.status = status
+        handler.send(status, _evaluate(headers), body)
+
+    def _arrive(self, handler: FakeHandler) -> tuple[Record, Step | None]:
         """Stamp, rate-check, record and pick the step for a request, atomically.
 
         The clock is read under the lock so arrival times are recorded (and checked by the
@@ -511,15 +389,14 @@ class ScriptedServer:
         return record, step
 
     def _admit(self, record: Record, now: float) -> bool:
-        window = self._windows.setdefault(self._key(record) if self._key else None, [])
-        horizon = max(s for _, s in self._limits)
-        del window[: bisect.bisect_right(window, now - horizon)]
-        admitted = all(
-            len(window) - bisect.bisect_right(window, now - seconds) < count
-            for count, seconds in self._limits
-        )
+        key = self._key(record) if self._key else None
+        meters = self._windows.get(key)
+        if meters is None:
+            meters = self._windows[key] = [Meter(Window(c, s), now) for c, s in self._limits]
+        admitted = all(meter.wait(now, 1) == 0.0 for meter in meters)
         if admitted or self._count_rejected:
-            window.append(now)
+            for meter in meters:
+                meter.take(now, 1)
         return admitted
 
     def _depart(self) -> None:
@@ -527,21 +404,19 @@ class ScriptedServer:
             self._in_flight -= 1
             self._changed.notify_all()
 
-    def _track(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._conns.add(sock)
-
-    def _untrack(self, sock: socket.socket) -> None:
-        with self._changed:
-            self._conns.discard(sock)
-            self._changed.notify_all()
-
 
 # -- the same server in a process of its own ------------------------------------------
 
 
+def _scripted_core() -> _Core:
+    """Builds the server in the :class:`ServerProcess`'s child."""
+    owner = ScriptedServer()
+    core = owner._httpd = _Core(owner)
+    return core
+
+
 class ServerProcess(ScriptedServer):
-    """A :class:`ScriptedServer` run by ``python -m tests._server`` in its own process.
+    """A :class:`ScriptedServer` in a process of its own (``syncfetch.testing``'s ``ServerChild``).
 
     A server in the test process stamps each arrival when its handler thread gets the
     GIL, which the client threads hold: late by a delay no client can see, so a strict
@@ -552,57 +427,36 @@ class ServerProcess(ScriptedServer):
 
     def __init__(self) -> None:
         super().__init__()
-        self._proc: subprocess.Popen[str] | None = None
+        self._child: ServerChild | None = None
         self._port = 0
-        self._pipe_lock = threading.Lock()
 
     def start(self: _S) -> _S:
         assert isinstance(self, ServerProcess)
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "tests._server"],
-            cwd=root,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        self._port = int(self._call({"op": "port"})["port"])
+        if self._child is not None:
+            raise RuntimeError("server already started")
+        child = ServerChild(_scripted_core)
+        self._port = child.start()
+        self._child = child
         return self
 
     def stop(self, timeout: float = 2.0) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        assert proc.stdin is not None and proc.stdout is not None
-        with contextlib.suppress(OSError):
-            proc.stdin.close()  # EOF: the child stops serving and exits
-        try:
-            proc.wait(timeout + 3)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
+        child, self._child = self._child, None
+        if child is not None:
+            child.stop()
 
     @property
     def port(self) -> int:
-        if self._proc is None:
+        if self._child is None:
             raise RuntimeError("server not started")
         return self._port
 
-    def _call(self, message: dict[str, Any]) -> dict[str, Any]:
-        proc = self._proc
-        if proc is None or proc.stdin is None or proc.stdout is None:
+    def _call(self, name: str, *args: Any) -> Any:
+        if self._child is None:
             raise RuntimeError("server not started")
-        with self._pipe_lock:
-            proc.stdin.write(json.dumps(message) + "\n")
-            proc.stdin.flush()
-            line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the server process ended")
-        reply: dict[str, Any] = json.loads(line)
-        if "error" in reply:
-            raise ValueError(reply["error"])
-        return reply
+        try:
+            return self._child.call(name, *args)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
 
     def script(self, path: str, *steps: Step) -> None:
         for step in steps:
@@ -610,7 +464,7 @@ class ServerProcess(ScriptedServer):
                 raise TypeError(f"expected Step, got {type(step).__name__}")
             if any(callable(v) for v in step.headers.values()):
                 raise TypeError("a server process takes string header values only")
-        self._call({"op": "script", "path": path, "steps": [_step_data(s) for s in steps]})
+        self._call("script", path, *steps)
 
     def limit(
         self,
@@ -621,34 +475,16 @@ class ServerProcess(ScriptedServer):
     ) -> None:
         if callable(retry_after) or key is not None:
             raise TypeError("a server process takes no callables")
-        self._call(
-            {
-                "op": "limit",
-                "limits": [list(pair) for pair in limits or ()],
-                "retry_after": str(retry_after),
-                "count_rejected": count_rejected,
-            }
-        )
+        pairs = [(count, seconds) for count, seconds in limits or ()]
+        self._call("limit", pairs, str(retry_after), count_rejected)
 
     def reset(self) -> None:
-        self._call({"op": "reset"})
+        self._call("reset")
 
     @property
     def records(self) -> list[Record]:
-        return [
-            Record(
-                t=r["t"],
-                method=r["method"],
-                path=r["path"],
-                headers=Headers(r["headers"]),
-                body=r["body"].encode("latin-1"),
-                status=r["status"],
-                thread_id=r["thread_id"],
-                client_port=r["client_port"],
-                rate_limited=r["rate_limited"],
-            )
-            for r in self._call({"op": "records"})["records"]
-        ]
+        records: list[Record] = self._call("records")
+        return records
 
     @property
     def in_flight(self) -> int:
@@ -660,64 +496,3 @@ class ServerProcess(ScriptedServer):
 
     def wait_idle(self, timeout: float = 2.0) -> bool:
         raise NotImplementedError("not available for a server process")
-
-
-def _step_data(step: Step) -> dict[str, Any]:
-    return {
-        "status": step.status,
-        "headers": dict(step.headers),
-        "body": step.body.decode("latin-1"),
-        "delay": step.delay,
-        "action": step.action,
-        "trickle_interval": step.trickle_interval,
-    }
-
-
-def _serve_commands(server: ScriptedServer) -> None:
-    """The server process's side of :class:`ServerProcess`: one JSON command a line."""
-    for line in sys.stdin:
-        message = json.loads(line)
-        op = message.pop("op")
-        reply: dict[str, Any] = {}
-        try:
-            if op == "port":
-                reply["port"] = server.port
-            elif op == "script":
-                steps = [
-                    Step(**{**d, "body": d["body"].encode("latin-1")}) for d in message["steps"]
-                ]
-                server.script(message["path"], *steps)
-            elif op == "limit":
-                server.limit(
-                    [tuple(pair) for pair in message["limits"]],
-                    message["retry_after"],
-                    message["count_rejected"],
-                )
-            elif op == "reset":
-                server.reset()
-            elif op == "records":
-                reply["records"] = [
-                    {
-                        "t": r.t,
-                        "method": r.method,
-                        "path": r.path,
-                        "headers": list(r.headers.items()),
-                        "body": r.body.decode("latin-1"),
-                        "status": r.status,
-                        "thread_id": r.thread_id,
-                        "client_port": r.client_port,
-                        "rate_limited": r.rate_limited,
-                    }
-                    for r in server.records
-                ]
-            else:
-                reply["error"] = f"unknown op {op!r}"
-        except (TypeError, ValueError) as exc:
-            reply["error"] = str(exc)
-        sys.stdout.write(json.dumps(reply) + "\n")
-        sys.stdout.flush()
-
-
-if __name__ == "__main__":
-    with ScriptedServer() as _server:
-        _serve_commands(_server)

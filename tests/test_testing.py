@@ -268,3 +268,43 @@ def test_a_leaky_bucket_never_overdraws(
         for s, _ in spent[: i + 1]:
             used = sum(a for u, a in spent[: i + 1] if u >= s)
             assert used <= capacity + rate * (t - s) + 1e-6
+
+
+def test_slack_stops_counting_arrivals_that_close_to_leaving_a_sliding_window() -> None:
+    strict, slack = Meter(Window(2, 1.0), 0.0), Meter(Window(2, 1.0), 0.0, slack=0.1)
+    for meter in (strict, slack):
+        meter.take(0.0, 1)
+        meter.take(0.0, 1)
+    assert strict.wait(0.5, 1) == pytest.approx(0.5)
+    assert slack.wait(0.5, 1) == pytest.approx(0.4)  # the window is 0.9 s long for it
+    assert strict.wait(0.95, 1) == pytest.approx(0.05)
+    assert slack.wait(0.95, 1) == 0.0
+
+
+def test_fake_api_rejects_a_bad_slack() -> None:
+    with pytest.raises(ValueError, match="slack"):
+        FakeAPI(slack=-1.0)
+
+
+def test_fake_api_reads_chunked_bodies_and_serves_any_method() -> None:
+    with FakeAPI(process=False) as api, requests.Session() as s:
+        chunked = s.post(api.url_for("/upload"), data=iter([b"ab", b"cd"]))
+        after = s.get(api.url_for("/after"))  # same keep-alive connection: the body was read
+        custom = s.request("PURGE", api.url_for("/cache"))
+    assert [chunked.status_code, after.status_code, custom.status_code] == [200, 200, 200]
+    assert [(a.method, a.path) for a in api.arrivals()] == [
+        ("POST", "/upload"),
+        ("GET", "/after"),
+        ("PURGE", "/cache"),
+    ]
+
+
+def test_fake_api_stop_cuts_keep_alive_connections() -> None:
+    api = FakeAPI(process=False).start()
+    two = api.url_for("/two")
+    with requests.Session() as s:
+        assert s.get(api.url_for("/one")).status_code == 200
+        api.stop()  # without the cut, the open connection's handler would still answer
+        with pytest.raises(requests.ConnectionError):
+            s.get(two)
+    assert api.statuses() == [200]

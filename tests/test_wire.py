@@ -441,7 +441,8 @@ def test_a_slow_server_is_not_charged_to_the_limit(server: ScriptedServer) -> No
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_https_attempts_note_their_send(tmp_path: Path) -> None:
     import ssl
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from syncfetch.testing._server import FakeConfig, FakeServer
 
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
@@ -454,30 +455,16 @@ def test_https_attempts_note_their_send(tmp_path: Path) -> None:
         capture_output=True,
     )
 
-    class Hello(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    httpd = FakeServer(FakeConfig())  # the fake API, over TLS
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    httpd.start()
     try:
         with syncfetch.Session("100/s") as s:
             seen = _noting_sends(s)
-            url = f"https://127.0.0.1:{httpd.server_address[1]}/"
+            url = f"https://127.0.0.1:{httpd.port}/"
             assert [s.get(url, verify=str(cert)).status_code for _ in range(2)] == [200, 200]
     finally:
-        httpd.shutdown()
-        httpd.server_close()
+        httpd.stop()
     assert len(seen) == 2 and all(sent is not None for sent, _ in seen)

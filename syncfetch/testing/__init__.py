@@ -19,17 +19,15 @@ one with the same arguments and stops it after the test: ``api = fake_api("30/mi
 from __future__ import annotations
 
 import bisect
-import multiprocessing
-import os
+import contextlib
+import functools
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from types import TracebackType
 
 from .._rates import parse_rate
 from ._meters import WINDOW_KINDS, Window
-from ._server import DIALECTS, Arrival, FakeConfig, FakeServer, child, go_duration
+from ._server import DIALECTS, Arrival, FakeConfig, FakeServer, ServerChild, go_duration
 
 __all__ = ["DIALECTS", "WINDOW_KINDS", "Arrival", "FakeAPI", "Window", "go_duration"]
 
@@ -100,6 +98,9 @@ class FakeAPI:
     :param ban_seconds: how long a ban lasts.
     :param seed: seed of the fault draws (the n-th admitted request to a path always meets
         the same fault).
+    :param slack: seconds by which sliding windows are shortened when admitting: arrivals
+        that close to leaving a window no longer count (a tolerance for the fake's own
+        delay in stamping arrivals); 0 enforces the windows exactly.
     :param process: serve from a child process (``True``) or a thread of this one.
     :raises ValueError: for an unknown dialect or window kind, or a bad limit or rate.
     :raises TypeError: for a limit of the wrong type.
@@ -122,6 +123,7 @@ class FakeAPI:
         ban_after: int | None = None,
         ban_seconds: float = 120.0,
         seed: int = 0,
+        slack: float = 0.0,
         process: bool = True,
     ) -> None:
         if dialect not in DIALECTS:
@@ -136,6 +138,8 @@ class FakeAPI:
             raise ValueError("fail_rate + reset_rate + lost_rate must be at most 1")
         if not 0 <= latency <= 60:
             raise ValueError(f"latency must be 0 to 60 seconds, not {latency!r}")
+        if not 0 <= slack <= 60:
+            raise ValueError(f"slack must be 0 to 60 seconds, not {slack!r}")
         if ban_after is not None and ban_after < 0:
             raise ValueError(f"ban_after must be >= 0 or None, not {ban_after!r}")
         windows = _windows(limits, window, "requests", None)
@@ -160,15 +164,15 @@ class FakeAPI:
             ban_after=ban_after,
             ban_seconds=ban_seconds,
             seed=seed,
+            slack=slack,
         )
         self.process = process
         #: Base URL, without a trailing slash (``""`` until started).
         self.url = ""
-        # _lock guards the pipe to the child: one command and its answer at a time.
+        # _lock guards _server, _child and _last.
         self._lock = threading.Lock()
         self._server: FakeServer | None = None
-        self._conn: Connection | None = None
-        self._proc: BaseProcess | None = None
+        self._child: ServerChild | None = None
         self._last: list[Arrival] = []  # what was seen, once stopped
 
     def url_for(self, path: str) -> str:
@@ -183,29 +187,12 @@ class FakeAPI:
         if self.url:
             return self
         if not self.process:
-            self._server = FakeServer(self.config)
-            threading.Thread(
-                target=self._server.serve_forever, args=(0.05,), daemon=True, name="fake-api"
-            ).start()
-            self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+            self._server = FakeServer(self.config).start()
+            self.url = f"http://127.0.0.1:{self._server.port}"
             return self
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child_conn = ctx.Pipe()
-        self._proc = ctx.Process(
-            target=child, args=(self.config, child_conn, os.getpid()), daemon=True, name="fake-api"
-        )
-        try:
-            self._proc.start()
-            child_conn.close()
-            if not self._conn.poll(30):
-                raise EOFError
-            port = self._conn.recv()
-        except (EOFError, OSError):
-            self.stop()
-            raise RuntimeError("the fake API did not start within 30 s") from None
-        except BaseException:
-            self.stop()
-            raise
+        child = ServerChild(functools.partial(FakeServer, self.config))
+        port = child.start()
+        self._child = child
         self.url = f"http://127.0.0.1:{port}"
         return self
 
@@ -216,26 +203,13 @@ class FakeAPI:
             self.url = ""
             if self._server is not None:
                 self._last = self._server.arrivals()
-                self._server.shutdown()
-                self._server.server_close()
+                self._server.stop()
                 self._server = None
-            if self._conn is not None:
-                try:
-                    self._conn.send("arrivals")
-                    if self._conn.poll(10):
-                        self._last = self._conn.recv()
-                    self._conn.send("stop")
-                except (EOFError, OSError):
-                    pass
-            if self._proc is not None:
-                self._proc.join(5)
-                if self._proc.is_alive():
-                    self._proc.terminate()
-                    self._proc.join(5)
-                self._proc = None
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            if self._child is not None:
+                with contextlib.suppress(RuntimeError):
+                    self._last = self._child.call("arrivals")
+                self._child.stop()
+                self._child = None
 
     def arrivals(self, path: str | None = None) -> list[Arrival]:
         """Every request received so far, in arrival order (only those to ``path``, if given).
@@ -246,11 +220,10 @@ class FakeAPI:
         with self._lock:
             if self._server is not None:
                 records = self._server.arrivals()
-            elif self._conn is not None:
+            elif self._child is not None:
                 try:
-                    self._conn.send("arrivals")
-                    records = self._conn.recv() if self._conn.poll(10) else []
-                except (EOFError, OSError):
+                    records = self._child.call("arrivals")
+                except RuntimeError:
                     records = []
             else:
                 records = list(self._last)
@@ -265,10 +238,9 @@ class FakeAPI:
         with self._lock:
             if self._server is not None:
                 self._server.clear()
-            elif self._conn is not None:
-                self._conn.send("clear")
-                if self._conn.poll(10):
-                    self._conn.recv()
+            elif self._child is not None:
+                with contextlib.suppress(RuntimeError):
+                    self._child.call("clear")
             self._last = []
 
     def count(self, status: int | None = None, path: str | None = None) -> int:

@@ -1,8 +1,11 @@
 """The fake provider's HTTP server: admission, faults, each provider's headers, the record.
 
-Built on the demo's strict provider (``syncfetch._provider.ProviderServer``: loopback only,
-no reverse DNS, a deep backlog, the same seeded fault draws) with windows of any kind, per
-route and per cost, and the header dialects of real providers. Standard library only.
+The one local HTTP server of the project: ``FakeAPI`` (users' tests, the recipes), the
+demo's provider (``syncfetch._provider``), the benchmarks, the examples' upstream and the
+test suite's scripted server (``tests/_server.py``, a subclass) are all a :class:`FakeServer`.
+Loopback only, no reverse DNS, a deep backlog, keep-alive connections cut on :meth:`stop`,
+every request method served, and a process of its own through :class:`ServerChild`.
+Standard library only.
 """
 
 from __future__ import annotations
@@ -10,23 +13,29 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import email.utils
+import gc
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import random
 import signal
 import socket
+import socketserver
 import struct
+import sys
 import threading
 import time
-from collections.abc import Mapping
-from http.server import BaseHTTPRequestHandler
+from collections.abc import Callable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from multiprocessing.connection import Connection
-from typing import Any, NamedTuple
+from multiprocessing.process import BaseProcess
+from typing import Any, NamedTuple, TypeVar
 
-from .._provider import RESET, ProviderConfig, ProviderServer
 from ._meters import Meter, Window
+
+_F = TypeVar("_F", bound="FakeServer")
 
 #: Header dialects the fake provider speaks.
 DIALECTS = (
@@ -40,6 +49,8 @@ DIALECTS = (
     "salesforce",
     "binance",
 )
+#: Status recorded for a request answered with a TCP reset.
+RESET = 0
 # An admitted request processed in full whose answer is lost (the connection is reset).
 _LOST = -1
 # A fake provider outlives no test run: it stops by itself after this long, or when its
@@ -70,6 +81,7 @@ class FakeConfig:
     ban_seconds: float = 120.0
     seed: int = 0
     port: int = 0
+    slack: float = 0.0
 
 
 class Arrival(NamedTuple):
@@ -103,31 +115,133 @@ class _Decision:
     reply: tuple[int, dict[str, str], Any] = (0, {}, None)  # status, headers, body as sent
 
 
-class FakeServer(ProviderServer):
-    """The fake provider served from this process (``FakeAPI`` runs it in a child)."""
+# Errors a client can legitimately cause by going away mid-exchange.
+_CLIENT_GONE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError)
+
+
+class FakeServer(ThreadingHTTPServer):
+    """The fake provider served from this process (``FakeAPI`` runs it in a child).
+
+    Subclasses change what a request gets by overriding :meth:`respond` (the whole
+    exchange) or :meth:`reply` (the answer to an admitted or refused request).
+    """
+
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+    # 50 client threads connect at once: the default backlog of 5 would drop SYNs.
+    request_queue_size = 1024
 
     def __init__(self, config: FakeConfig) -> None:
-        base = ProviderConfig(
-            rate=0,
-            per_minute=0,
-            fail_rate=config.fail_rate,
-            reset_rate=config.reset_rate,
-            latency=config.latency,
-            seed=config.seed,
-            port=config.port,
-        )
-        super().__init__(base)
-        self.RequestHandlerClass = _Handler
+        super().__init__(("127.0.0.1", config.port), FakeHandler)
         self.fake = config
         self.started = time.monotonic()
-        # _lock (the base's) guards the meters, counters, idempotency keys and records.
-        self._meters = [Meter(w, self.started) for w in config.windows]
+        #: Set by :meth:`stop`: handlers waiting on it (a hang, a trickle) give up.
+        self.stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        # _lock guards the meters, counters, idempotency keys, records and open connections.
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._conns: set[socket.socket] = set()
+        self._meters = [Meter(w, self.started, config.slack) for w in config.windows]
         self._admitted: dict[str, int] = {}
         self._refused_in_a_row = 0
         self._banned_until = 0.0
         self._idempotent: dict[str, int] = {}
         self._resources = 0
         self._arrivals: list[Arrival] = []
+
+    # -- the socket server ----------------------------------------------------------------
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind calls socket.getfqdn(), a reverse DNS lookup that can stall.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name = "127.0.0.1"
+        self.server_port = self.server_address[1]
+
+    @property
+    def port(self) -> int:
+        """The port it listens on."""
+        return int(self.server_address[1])
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, addr = super().get_request()
+        with self._lock:
+            self._conns.add(sock)
+        return sock, addr
+
+    def shutdown_request(self, request: Any) -> None:
+        try:
+            super().shutdown_request(request)
+        finally:
+            with self._changed:
+                self._conns.discard(request)
+                self._changed.notify_all()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, _CLIENT_GONE):
+            return
+        if self.stopping.is_set() and isinstance(exc, (OSError, ValueError)):
+            return  # stop() shut the socket under a busy handler
+        super().handle_error(request, client_address)
+
+    def start(self: _F) -> _F:
+        """Serve from a daemon thread of this process."""
+        self._thread = threading.Thread(
+            target=self.serve_forever, args=(0.05,), daemon=True, name=f"fake-api:{self.port}"
+        )
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop serving, cut open (keep-alive) connections and close the socket."""
+        self.stopping.set()
+        if self._thread is not None:
+            self.shutdown()
+        with self._lock:
+            conns = list(self._conns)
+        for sock in conns:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        with self._changed:
+            self._changed.wait_for(lambda: not self._conns, timeout)
+
+    def command(self, name: str, *args: Any) -> Any:
+        """A command from the parent of a :class:`ServerChild`."""
+        if name == "arrivals":
+            return self.arrivals()
+        if name == "clear":
+            return self.clear()
+        raise ValueError(f"unknown command {name!r}")
+
+    # -- one request ----------------------------------------------------------------------
+
+    def respond(self, handler: FakeHandler) -> None:
+        """Serve one request: judge it, wait the latency, answer (or reset the connection)."""
+        # Headers are parsed by now: this is the request's arrival.
+        now = time.monotonic()
+        handler.read_body(1 << 20)
+        headers = {k.lower(): v for k, v in handler.headers.items()}
+        decision = self.judge(handler.command, handler.path, headers, now)
+        if self.fake.latency > 0:
+            time.sleep(self.fake.latency)
+        if decision.status == RESET:
+            handler.reset()
+            return
+        status, extra, body = self.reply(handler.command, handler.path, decision)
+        data = json.dumps(body).encode()
+        extra = {"Content-Type": "application/json", **extra}
+        extra["Date"] = email.utils.formatdate(usegmt=True)
+        handler.send(status, extra, data)
+
+    def reply(self, method: str, path: str, decision: _Decision) -> tuple[int, dict[str, str], Any]:
+        """Status, headers and JSON body for a judged request (the dialect's, by default)."""
+        return decision.reply
 
     def cost_of(self, path: str) -> int:
         """The cost of a request to ``path``: the longest matching prefix's, else 1."""
@@ -385,64 +499,212 @@ def answer(dialect: str, d: _Decision, retry_after: bool) -> tuple[int, dict[str
     return status, headers, body
 
 
-class _Handler(BaseHTTPRequestHandler):
+class FakeHandler(BaseHTTPRequestHandler):
+    """Hands every request, whatever its method, to ``server.respond``; helpers to answer."""
+
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
     server: FakeServer
 
-    def _serve(self) -> None:
-        # Headers are parsed by now: this is the request's arrival.
-        now = time.monotonic()
-        length = self.headers.get("Content-Length", "0")
-        with contextlib.suppress(ValueError, OSError):
-            if length.isascii() and length.isdigit() and int(length) > 0:
-                self.rfile.read(min(int(length), 1 << 20))
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        server = self.server
-        decision = server.judge(self.command, self.path, headers, now)
-        if server.fake.latency > 0:
-            time.sleep(server.fake.latency)
-        if decision.status == RESET:
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.close_connection = True
-            self.connection.close()
-            return
-        status, extra, body = decision.reply
-        data = b"" if self.command == "HEAD" else json.dumps(body).encode()
-        lines = [
-            f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}",
-            "Content-Type: application/json",
-            f"Content-Length: {len(data)}",
-            f"Date: {email.utils.formatdate(usegmt=True)}",
-            *(f"{name}: {value}" for name, value in extra.items()),
-        ]
-        with contextlib.suppress(OSError):
-            self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + data)
+    def __getattr__(self, name: str) -> Any:
+        # Serve every method, including ones BaseHTTPRequestHandler has never heard of.
+        if name.startswith("do_"):
+            return self._serve
+        raise AttributeError(name)
 
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve
+    def _serve(self) -> None:
+        self.server.respond(self)
 
     def log_message(self, format: str, *args: object) -> None:
         pass
 
+    def read_body(self, limit: int | None = None) -> bytes:
+        """The request body (``Content-Length`` or chunked), at most ``limit`` bytes read."""
+        with contextlib.suppress(ValueError, OSError):
+            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                return self._read_chunked()
+            length = self.headers.get("Content-Length", "")
+            if not length:
+                return b""
+            if not (length.isascii() and length.isdigit()):
+                self.close_connection = True
+                return b""
+            n = int(length) if limit is None else min(int(length), limit)
+            return self.rfile.read(n) if n > 0 else b""
+        self.close_connection = True
+        return b""
 
-def child(config: FakeConfig, conn: Connection, parent: int) -> None:
+    def _read_chunked(self) -> bytes:
+        parts: list[bytes] = []
+        while True:
+            line = self.rfile.readline(65537)
+            if not line:
+                self.close_connection = True
+                return b"".join(parts)
+            size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                break
+            parts.append(self.rfile.read(size))
+            self.rfile.readline(65537)  # CRLF after the chunk data
+        while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+            pass  # trailer fields are ignored
+        return b"".join(parts)
+
+    def head(
+        self, status: int, headers: Mapping[str, str], length: int | None, force: bool = False
+    ) -> bytes:
+        """A status line and header block; ``Content-Length: length`` unless given (or
+        ``force``: always ``length``); ``Connection: close`` if the connection closes."""
+        reason = _REASONS.get(status) or self.responses.get(status, ("",))[0]
+        lines = [f"{self.protocol_version} {status} {reason}"]
+        has_length = False
+        for name, value in headers.items():
+            lname = name.lower()
+            if lname == "content-length":
+                if force:
+                    continue
+                has_length = True
+            if lname == "connection" and value.lower() == "close":
+                self.close_connection = True
+            lines.append(f"{name}: {value}")
+        if length is not None and not has_length:
+            lines.append(f"Content-Length: {length}")
+        if self.close_connection and not any(n.lower() == "connection" for n in headers):
+            lines.append("Connection: close")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def send(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        """Answer in one write (one segment on the wire); no body for HEAD, 1xx, 204, 304."""
+        if status in (204, 304) or status < 200:
+            body, length = b"", None
+        else:
+            length = len(body)
+        data = self.head(status, headers, length)
+        with contextlib.suppress(OSError):
+            self.wfile.write(data if self.command == "HEAD" else data + body)
+
+    def close_write(self) -> None:
+        """Half-close: the client reads the end of the stream."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_WR)
+
+    def reset(self) -> None:
+        """Close the connection with a TCP reset."""
+        self.close_connection = True
+        # Linger 0 makes close() send RST instead of FIN; closing here (before the server's
+        # shutdown(SHUT_WR), which would send a FIN) makes it a real reset.
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # rfile holds a makefile() reference; the fd (and the RST) only goes once it is closed.
+        self.rfile.close()
+        self.connection.close()
+
+
+# -- a process of its own -----------------------------------------------------------------
+
+
+def _child(factory: Callable[[], FakeServer], conn: Connection, parent: int) -> None:
     """Child process body: serve and answer commands until told to stop (or orphaned)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us in its finally
-    server = FakeServer(config)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    conn.send(server.server_address[1])
+    server = factory()
+    # What the imports left is never garbage: keep the collector's pauses (which hold up the
+    # stamping of arrivals) to what serving allocates.
+    gc.freeze()
+    server.start()
+    conn.send(server.port)
     end = time.monotonic() + MAX_LIFE
     with contextlib.suppress(EOFError, OSError):
         while os.getppid() == parent and time.monotonic() < end:
             if not conn.poll(0.2):
                 continue
-            command = conn.recv()
-            if command == "arrivals":
-                conn.send(server.arrivals())
-            elif command == "clear":
-                server.clear()
-                conn.send(None)
-            else:
+            name, args = conn.recv()
+            if name == "stop":
                 break
-    server.shutdown()
-    server.server_close()
+            try:
+                conn.send((True, server.command(name, *args)))
+            except (TypeError, ValueError) as exc:
+                conn.send((False, exc))
+    server.stop()
+
+
+class ServerChild:
+    """A :class:`FakeServer` in a process of its own (``spawn``), driven over a pipe.
+
+    A server in the client's process stamps arrivals when its handler thread gets the GIL,
+    which the client's threads hold: late by a delay no client can see. This one has its
+    own GIL. It stops with its parent, or after :data:`MAX_LIFE` seconds.
+
+    :param factory: builds the server in the child (picklable: a class, a
+        ``functools.partial``, a module-level function).
+    """
+
+    def __init__(self, factory: Callable[[], FakeServer]) -> None:
+        self.factory = factory
+        self.port = 0
+        # _lock guards the pipe: one command and its answer at a time.
+        self._lock = threading.Lock()
+        self._conn: Connection | None = None
+        self._proc: BaseProcess | None = None
+
+    def start(self) -> int:
+        """Start the child and return its port.
+
+        :raises RuntimeError: when it does not come up within 30 s.
+        """
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child_conn = ctx.Pipe()
+        self._proc = ctx.Process(
+            target=_child,
+            args=(self.factory, child_conn, os.getpid()),
+            daemon=True,
+            name="fake-api",
+        )
+        try:
+            self._proc.start()
+            child_conn.close()
+            if not self._conn.poll(30):
+                raise EOFError
+            self.port = int(self._conn.recv())
+        except (EOFError, OSError):
+            self.stop()
+            raise RuntimeError("the fake API did not start within 30 s") from None
+        except BaseException:
+            self.stop()
+            raise
+        return self.port
+
+    def call(self, name: str, *args: Any) -> Any:
+        """Run ``server.command(name, *args)`` in the child and return its answer.
+
+        :raises RuntimeError: when the child is gone or does not answer within 30 s.
+        """
+        with self._lock:
+            if self._conn is None:
+                raise RuntimeError("the fake API is not running")
+            try:
+                self._conn.send((name, args))
+                if not self._conn.poll(30):
+                    raise EOFError
+                ok, value = self._conn.recv()
+            except (EOFError, OSError):
+                raise RuntimeError("the fake API's process ended") from None
+        if not ok:
+            raise value
+        return value
+
+    def stop(self) -> None:
+        """Stop the child (idempotent)."""
+        with self._lock:
+            if self._conn is not None:
+                with contextlib.suppress(EOFError, OSError):
+                    self._conn.send(("stop", ()))
+            if self._proc is not None:
+                self._proc.join(5)
+                if self._proc.is_alive():
+                    self._proc.terminate()
+                    self._proc.join(5)
+                self._proc = None
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
