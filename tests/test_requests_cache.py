@@ -72,7 +72,9 @@ def test_hits_take_no_token_and_a_miss_pays_once(
 
 
 def test_a_hit_takes_no_slot(server: ScriptedServer) -> None:
-    server.script("/slow", Step(delay=1.0))
+    # The holder keeps the one slot for 4 s: time for the two calls below on a busy
+    # machine (1 s was once too short while both cores ran other suites).
+    server.script("/slow", Step(delay=4.0))
     with CachedSession(backend="memory", max_concurrency=1, max_wait=0) as s:
         s.get(server.url_for("/cached"))
         holder = threading.Thread(target=s.get, args=(server.url_for("/slow"),))
@@ -86,7 +88,7 @@ def test_a_hit_takes_no_slot(server: ScriptedServer) -> None:
             with pytest.raises(syncfetch.RateLimitExceeded):  # a miss needs the slot
                 s.get(server.url_for("/miss"))
         finally:
-            holder.join(5)
+            holder.join(10)
     assert server.count("/miss") == 0
 
 
