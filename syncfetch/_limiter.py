@@ -14,7 +14,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from pyrate_limiter import Rate
 
@@ -40,6 +40,19 @@ def pause_seconds(seconds: float) -> float:
     if not seconds > 0:  # NaN compares false
         return 0.0
     return float(min(seconds, MAX_PAUSE))
+
+
+class Charge(NamedTuple):
+    """What one attempt pays one bucket: ``cost`` tokens of ``key``, under ``windows``.
+
+    :ivar key: the bucket key (an origin, or a route with its ``{name}`` values).
+    :ivar windows: ``(limit, interval in ms)`` of each of the route's rates.
+    :ivar cost: tokens taken (0: free, pauses still apply).
+    """
+
+    key: str
+    windows: tuple[tuple[int, int], ...]
+    cost: int
 
 
 @dataclasses.dataclass(eq=False)
