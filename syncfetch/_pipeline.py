@@ -11,7 +11,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from requests import PreparedRequest, Response
@@ -28,7 +28,7 @@ from ._budget import BudgetTracker
 from ._events import MIN_WAIT, Event, Hub, redacted
 from ._exceptions import DeadlineExceeded, RateLimitExceeded, SessionClosed
 from ._feedback import COOLDOWN_STATUSES, is_throttle, server_wait
-from ._limiter import Limiter, Token
+from ._limiter import Charge, Limiter, Token
 from ._redact import safe_url
 from ._retry import (
     RetryPolicy,
@@ -40,6 +40,9 @@ from ._retry import (
 from ._slots import Lease, Permits, Slots
 from ._stats import StatsRecorder
 from ._wire import SENDING
+
+if TYPE_CHECKING:
+    from ._routes import RouteTable
 
 log = logging.getLogger("syncfetch")
 
@@ -62,6 +65,8 @@ class Call:
     closing: threading.Event | None = None
     #: Numbers the call's events (set only while an ``on_event`` hook is set).
     id: int = 0
+    #: Tokens each attempt takes (``cost=`` of the call; routes may charge their own).
+    cost: int = 1
 
 
 #: The call being sent on this thread; redirect hops find their call's deadline here.
@@ -190,8 +195,14 @@ class Pipeline:
         stats: StatsRecorder,
         rate_limit_headers: bool = True,
         adaptive: AdaptiveLimiter | None = None,
+        routes: RouteTable | None = None,
+        windows: tuple[tuple[int, int], ...] = (),
     ) -> None:
         self.policy = policy
+        #: Limits per route (None: the limiter's own rates, one bucket per key).
+        self.routes = routes
+        #: The session-wide rates as (limit, ms), for calls costing other than 1.
+        self.windows = windows
         self.adaptive = adaptive
         self.rate_limit_headers = rate_limit_headers
         self.budget = BudgetTracker(policy.budget) if policy.budget is not None else None
@@ -254,9 +265,20 @@ class Pipeline:
             self._sleep(seconds)
 
     def _wait_out_pause(
-        self, key: str, limit: float | None, request: PreparedRequest | None
+        self,
+        key: str,
+        limit: float | None,
+        request: PreparedRequest | None,
+        charges: list[Charge] | None = None,
     ) -> None:
         paused = self.limiter.paused_for(key, limit)
+        if charges:
+            # A pause of any route the call pays (its origin's or a more specific one).
+            for charge in charges:
+                if charge.key != key:
+                    route_paused = self.limiter.paused_for(charge.key, limit)
+                    if route_paused > paused:
+                        paused, key = route_paused, charge.key
         if paused <= 0:
             return
         if paused > self.policy.retry_after_max or (
@@ -283,7 +305,11 @@ class Pipeline:
         self._requested_sleep(paused)
 
     def _admit(
-        self, key: str, deadline: float | None, request: PreparedRequest | None = None
+        self,
+        key: str,
+        deadline: float | None,
+        request: PreparedRequest | None = None,
+        charges: list[Charge] | None = None,
     ) -> tuple[Permits, Token, float, dict[str, float]]:
         """Wait out a pause, then take a slot, wait for the adaptive pace, take a token.
 
@@ -302,7 +328,7 @@ class Pipeline:
         # A pause that begins while this call waits for its slot or token does not stop
         # it: going back to wait would waste the token it holds (a window's worth, with
         # many threads waiting), which costs more than the one refusal it may collect.
-        self._wait_out_pause(key, limit, request)
+        self._wait_out_pause(key, limit, request, charges)
         before_slot = time.monotonic()
         slot = self.slots.acquire(None if limit is None else limit - before_slot, key, closing)
         got_slot = time.monotonic()
@@ -310,7 +336,10 @@ class Pipeline:
             paced = 0.0
             if self.adaptive is not None:
                 paced, _ = self.adaptive.acquire(key, limit)
-            token = self.limiter.acquire(key, limit)
+            if charges is None:
+                token = self.limiter.acquire(key, limit)
+            else:  # all or nothing: no route's tokens are held while another's are awaited
+                token = self.limiter.take(key, charges, limit)
             # A wait may have ended just as close() ran: nothing is sent after that.
             if closing.is_set():
                 raise SessionClosed("the session was closed while this call waited")
@@ -329,6 +358,9 @@ class Pipeline:
         deadline = call.deadline if call is not None else None
         policy = self.policy
         key = bucket_key(request.url, self.per_host)
+        charges = self._charges(request, key, call)
+        # Server feedback pauses the most specific route the request paid.
+        pause_key = charges[-1].key if charges else key
         stream = bool(kwargs.get("stream"))
         timeout = kwargs.pop("timeout", None)
         if deadline is not None and not isinstance(timeout, (Urllib3Timeout, type(None))):
@@ -348,7 +380,7 @@ class Pipeline:
                     raise DeadlineExceeded(
                         f"deadline of {policy.deadline} s passed", request=request
                     )
-                slot, token, sent_at, counts = self._admit(key, deadline, request)
+                slot, token, sent_at, counts = self._admit(key, deadline, request, charges)
             except RequestException as exc:
                 self.stats.add(
                     key,
@@ -389,6 +421,7 @@ class Pipeline:
                     deadline,
                     stream,
                     kwargs,
+                    pause_key,
                 )
             except RequestException as exc:
                 if isinstance(exc, DeadlineExceeded):
@@ -434,6 +467,21 @@ class Pipeline:
                 return self._give_up(request, outcome, "deadline leaves no time for a retry")
             last = outcome
 
+    def _charges(
+        self, request: PreparedRequest, key: str, call: Call | None
+    ) -> list[Charge] | None:
+        """What each attempt of ``request`` pays: None for one token of ``key`` on the
+        limiter's own rates (the common case), else every route's cost.
+
+        :raises ValueError: when a route's cost function returns no whole number >= 0.
+        """
+        cost = call.cost if call is not None else 1
+        if self.routes is not None:
+            return self.routes.match(request, cost, self.per_host)
+        if cost == 1:
+            return None
+        return [Charge(key, self.windows, cost)]
+
     def _retryable(self, resp: Response) -> bool:
         statuses = self.policy.statuses
         return resp.status_code in statuses or (
@@ -453,6 +501,7 @@ class Pipeline:
         deadline: float | None,
         stream: bool,
         kwargs: dict[str, Any],
+        pause_key: str,
     ) -> Response:
         """One attempt on the wire, holding ``slot``; the slot is given back on every path.
 
@@ -475,7 +524,7 @@ class Pipeline:
                     self.limiter.settle(token)
             resp._syncfetch_wire_time = time.monotonic() - started  # type: ignore[attr-defined]
             try:
-                self._listen(key, resp, request)
+                self._listen(pause_key, resp, request)
                 if not stream:
                     try:
                         read_body(resp, deadline, _read_timeout(attempt_timeout))

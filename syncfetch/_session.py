@@ -38,6 +38,7 @@ from ._progress import track
 from ._rates import LimitsArg, normalize_limits
 from ._result import Result
 from ._retry import RetryPolicy
+from ._routes import RouteTable, check_cost
 from ._slots import Slots
 from ._stats import Stats, StatsRecorder
 from ._wire import TimedAdapter
@@ -98,13 +99,24 @@ def _check_timeout(timeout: Any) -> Any:
     return timeout
 
 
-def _check_limits(limits: Any) -> list[Rate]:
+def _check_limits(limits: Any) -> list[Rate] | RouteTable:
+    if isinstance(limits, RouteTable):
+        return limits
+    if isinstance(limits, Mapping):
+        return RouteTable(limits)
     if limits is not None and not isinstance(limits, (str, Rate, Iterable)):
         raise TypeError(
-            'limits must be None, a rate such as "10/second", a pyrate_limiter.Rate or a list '
-            f"of them, not {limits!r}"
+            'limits must be None, a rate such as "10/second", a pyrate_limiter.Rate, a list '
+            f"of them, or a mapping of route patterns to them, not {limits!r}"
         )
     return normalize_limits(limits)
+
+
+#: The cost a call passes as ``cost=``, from :meth:`Session.request` to the call that
+#: ``send`` makes (``None``: not given, 1).
+_CALL_COST: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "syncfetch_call_cost", default=None
+)
 
 
 def _check_flag(name: str) -> Callable[[Any], bool]:
@@ -257,8 +269,12 @@ class Session(requests.Session):
     rate-limit token; retryable failures are retried with backoff, holding no slot
     while they wait.
 
-    :param limits: ``"10/second"``, a :class:`pyrate_limiter.Rate`, or a list of them;
-        ``None`` for no rate limit. Rates that another rate already implies are dropped.
+    :param limits: ``"10/second"``, a :class:`pyrate_limiter.Rate`, or a list of them
+        (the same limits for every host); ``None`` for no rate limit. Rates that another
+        rate already implies are dropped. Or a mapping of route patterns to limits (or
+        :class:`Route` values), ``{"*": "10/second", "https://api.github.com/search/":
+        "30/minute"}``: a call pays its origin's route and every more specific one, all
+        or nothing (see the limits page); for now with the memory backend only.
     :param per_host: one bucket per ``scheme://host:port`` (``True``) or one for the
         whole session (``False``).
     :param max_concurrency: attempts in flight at once across all threads; also the
@@ -311,7 +327,7 @@ class Session(requests.Session):
     ]
 
     # The settings, as checked and stored (assigning one goes through __setattr__).
-    limits: list[Rate]
+    limits: list[Rate] | RouteTable
     per_host: bool
     max_concurrency: int
     retry: RetryPolicy
@@ -418,8 +434,12 @@ class Session(requests.Session):
         super().__delattr__(name)
 
     def __repr__(self) -> str:
+        limits = self.limits
+        shown = (
+            limits.mapping if isinstance(limits, RouteTable) else [_rate_text(r) for r in limits]
+        )
         parts = [
-            f"limits={[_rate_text(r) for r in self.limits]!r}",
+            f"limits={shown!r}",
             f"per_host={self.per_host!r}",
             f"max_concurrency={self.max_concurrency!r}",
             f"retry={self.retry!r}",
@@ -464,9 +484,15 @@ class Session(requests.Session):
         return TimedAdapter(pool_maxsize=self.max_concurrency, max_retries=0)
 
     def _make_limiter(self) -> Limiter:
+        routes = isinstance(self.limits, RouteTable)
+        if routes and not (self.backend is None or self.backend == "memory"):
+            raise ValueError(
+                "limits per route need the memory backend for now, not backend="
+                f"{_backend_text(self.backend)}: give a shared backend one set of limits"
+            )
         return make_limiter(
             self.backend,
-            self.limits,
+            [] if isinstance(self.limits, RouteTable) else self.limits,
             margin=DEFAULT_MARGIN,
             on_backend_error=self.on_backend_error,
             # (getattr: a session pickled before arrival_margin existed)
@@ -485,12 +511,17 @@ class Session(requests.Session):
             stats=stats,
             rate_limit_headers=self.rate_limit_headers,
             adaptive=adaptive,
+            routes=self.limits if isinstance(self.limits, RouteTable) else None,
+            windows=_windows(self.limits),
         )
 
     def _make_adaptive(self) -> AdaptiveLimiter | None:
         if self.adaptive is None:
             return None
-        return AdaptiveLimiter(self.adaptive, ceiling=_ceiling(self.limits))
+        limits = self.limits
+        # With routes, no one ceiling: each route's own limits still bind.
+        ceiling = None if isinstance(limits, RouteTable) else _ceiling(limits)
+        return AdaptiveLimiter(self.adaptive, ceiling=ceiling)
 
     def _build_pipeline(self) -> None:
         self._gated: dict[int, tuple[BaseAdapter, _GatedAdapter]] = {}
@@ -532,7 +563,8 @@ class Session(requests.Session):
                 # In memory: changed in place, so no token is taken outside the new
                 # rates, even by calls that started on the old pipeline.
                 if changed == "limits":
-                    limiter.set_rates(self.limits, margin=DEFAULT_MARGIN)
+                    rates = [] if isinstance(self.limits, RouteTable) else self.limits
+                    limiter.set_rates(rates, margin=DEFAULT_MARGIN)
                 elif changed == "arrival_margin":
                     limiter.arrival = self.arrival_margin
             elif changed in _LIMITER_SETTINGS:
@@ -695,30 +727,49 @@ class Session(requests.Session):
         verify: Any = None,
         cert: Any = None,
         json: Any = None,
+        *,
+        cost: int | None = None,
     ) -> Response:
         """Like :meth:`requests.Session.request`; a call passing no ``timeout`` gets the session's.
 
+        :param cost: tokens each attempt of this call takes (GraphQL points, weights):
+            a whole number >= 0, 1 when not given; 0 takes none. Routes with a cost of
+            their own charge that instead (:class:`Route`).
         :returns: the response (after retries, the last one).
         :raises RateLimitExceeded: when ``max_wait`` runs out before a slot or token.
+        :raises ValueError: for a bad ``cost``, or one larger than a limit it would pay
+            (no window could ever hold it).
         """
-        return super().request(
-            method,  # type: ignore[arg-type]
-            url,
-            params,
-            data,
-            headers,
-            cookies,
-            files,
-            auth,
-            self.timeout if timeout is UNSET else timeout,
-            allow_redirects,
-            proxies,
-            hooks,
-            stream,
-            verify,
-            cert,
-            json,
-        )
+        given = None
+        if cost is not None:
+            cost = check_cost(cost)
+            call = CURRENT_CALL.get()
+            if call is not None and call.owner is self:
+                call.cost = cost  # a map() item: its call is made before the request
+            else:
+                given = _CALL_COST.set(cost)
+        try:
+            return super().request(
+                method,  # type: ignore[arg-type]
+                url,
+                params,
+                data,
+                headers,
+                cookies,
+                files,
+                auth,
+                self.timeout if timeout is UNSET else timeout,
+                allow_redirects,
+                proxies,
+                hooks,
+                stream,
+                verify,
+                cert,
+                json,
+            )
+        finally:
+            if given is not None:
+                _CALL_COST.reset(given)
 
     def send(self, request: PreparedRequest, **kwargs: Any) -> Response:
         """Like :meth:`requests.Session.send`, through the rate limit, slots and retries.
@@ -766,7 +817,12 @@ class Session(requests.Session):
 
     def _new_call(self) -> Call:
         deadline = self.retry.deadline
-        return Call(self, None if deadline is None else time.monotonic() + deadline)
+        call = Call(self, None if deadline is None else time.monotonic() + deadline)
+        cost = _CALL_COST.get()
+        if cost is not None:
+            call.cost = cost
+            _CALL_COST.set(None)  # taken: a call made meanwhile (a hook's) pays its own
+        return call
 
     def get_adapter(self, url: str) -> BaseAdapter:
         """Like :meth:`requests.Session.get_adapter`; inside a call, the adapter is gated."""
@@ -898,6 +954,13 @@ def _merge(item: Request, kwargs: dict[str, Any]) -> dict[str, Any]:
     if any(item.hooks.values()):
         merged["hooks"] = item.hooks
     return merged
+
+
+def _windows(limits: list[Rate] | RouteTable) -> tuple[tuple[int, int], ...]:
+    """The session-wide rates as ``(limit, ms)`` (none with routes: each has its own)."""
+    if isinstance(limits, RouteTable):
+        return ()
+    return tuple((r.limit, r.interval) for r in limits)
 
 
 def _ceiling(rates: list[Rate]) -> float | None:
