@@ -53,6 +53,8 @@ class Charge(NamedTuple):
     key: str
     windows: tuple[tuple[int, int], ...]
     cost: int
+    #: The :class:`syncfetch.Route` charging it (its ``settle`` and ``free``), if any.
+    route: Any = None
 
 
 @dataclasses.dataclass(eq=False)
@@ -67,6 +69,7 @@ class Token:
         adapters that do not note it).
     :ivar answered: ``time.monotonic()`` when the response's headers were read, noted
         the same way.
+    :ivar dated: the date ``settle`` gave it (in-memory limiter; ``None`` until then).
     """
 
     key: str
@@ -74,6 +77,7 @@ class Token:
     waited: float
     sent: float | None = None
     answered: float | None = None
+    dated: float | None = None
 
 
 class Limiter(Protocol):
@@ -113,6 +117,12 @@ class Limiter(Protocol):
     def settle(self, token: Token) -> None:
         """Date ``token`` by when its request reached the server: ``token.sent`` plus
         the arrival margin, and never later than now (the response is in hand)."""
+        ...
+
+    def correct(self, token: Token, key: str, cost: int) -> None:
+        """Make ``token``'s charge on ``key`` cost ``cost`` instead (a refund or a further
+        charge, known from the response), before or after :meth:`settle`; even past the
+        limit, so the next calls wait for the true balance. Unknown keys are ignored."""
         ...
 
     def pause(self, key: str, seconds: float) -> None:
@@ -217,6 +227,18 @@ class _Log:
         cum.insert(at, self.total_before(at) + weight)
         for later in range(at + 1, len(cum)):
             cum[later] += weight
+
+    def change(self, date: float, old: int, new: int) -> bool:
+        """Make an entry of ``old`` tokens dated ``date`` weigh ``new``; False if none is left."""
+        dates, cum = self.dates, self.cum
+        at = bisect.bisect_left(dates, date)
+        while at < len(dates) and dates[at] == date:
+            if cum[at] - self.total_before(at) == old:
+                for later in range(at, len(cum)):
+                    cum[later] += new - old
+                return True
+            at += 1
+        return False
 
     def trim(self, before: float) -> None:
         """Drop the entries dated at or before ``before`` (no window counts them)."""
@@ -368,9 +390,11 @@ class KeyedLimiter:
                     if need > wait:
                         wait, binding = need, name
                 if wait <= 0:
-                    handle = tuple(zip(logs, (cost for _, _, cost in needs), strict=True))
+                    handle = tuple(
+                        (name, log, cost) for (name, _, cost), log in zip(needs, logs, strict=True)
+                    )
                     token = Token(key, handle, now - start)
-                    for log, cost in handle:
+                    for _, log, cost in handle:
                         log.pending[token] = cost
                     return token
             if deadline is not None and now + wait > deadline:
@@ -431,15 +455,32 @@ class KeyedLimiter:
         way at or after the server's count, so our windows stay at or behind the
         server's.
         """
-        handle: tuple[tuple[_Log, int], ...] | None = token.handle
+        handle: tuple[tuple[str, _Log, int], ...] | None = token.handle
         if handle is None:
             return
         date = self._times.date(token, self.arrival, self._clock())
         with self._lock:
-            for log, _ in handle:
+            token.dated = date
+            for _, log, _ in handle:
                 weight = log.pending.pop(token, None)
                 if weight is not None:
                     log.add(date, weight)
+
+    def correct(self, token: Token, key: str, cost: int) -> None:
+        """Make ``token``'s charge on ``key`` cost ``cost`` (see :meth:`Limiter.correct`)."""
+        handle: tuple[tuple[str, _Log, int], ...] | None = token.handle
+        if handle is None:
+            return
+        with self._lock:
+            for index, (name, log, old) in enumerate(handle):
+                if name != key or old == cost:
+                    continue
+                if token in log.pending:
+                    log.pending[token] = cost
+                elif token.dated is None or not log.change(token.dated, old, cost):
+                    return  # gone from every window already
+                token.handle = (*handle[:index], (name, log, cost), *handle[index + 1 :])
+                return
 
     def record(self, key: str) -> None:
         """Count a token for ``key`` taken now elsewhere (a shared backend), even past the

@@ -359,8 +359,6 @@ class Pipeline:
         policy = self.policy
         key = bucket_key(request.url, self.per_host)
         charges = self._charges(request, key, call)
-        # Server feedback pauses the most specific route the request paid.
-        pause_key = charges[-1].key if charges else key
         stream = bool(kwargs.get("stream"))
         timeout = kwargs.pop("timeout", None)
         if deadline is not None and not isinstance(timeout, (Urllib3Timeout, type(None))):
@@ -421,7 +419,7 @@ class Pipeline:
                     deadline,
                     stream,
                     kwargs,
-                    pause_key,
+                    charges,
                 )
             except RequestException as exc:
                 if isinstance(exc, DeadlineExceeded):
@@ -482,6 +480,19 @@ class Pipeline:
             return None
         return [Charge(key, self.windows, cost)]
 
+    def _correct(self, charges: list[Charge], token: Token, resp: Response, read: bool) -> None:
+        """Correct each route's charge by what the response says it cost (``settle``,
+        ``free`` statuses)."""
+        from ._routes import corrected  # here: _routes imports this module
+
+        for charge in charges:
+            route = charge.route
+            if route is None or not (route.free or route.settle is not None):
+                continue
+            cost = corrected(route, resp, charge.cost, read)
+            if cost != charge.cost:
+                self.limiter.correct(token, charge.key, cost)
+
     def _retryable(self, resp: Response) -> bool:
         statuses = self.policy.statuses
         return resp.status_code in statuses or (
@@ -501,7 +512,7 @@ class Pipeline:
         deadline: float | None,
         stream: bool,
         kwargs: dict[str, Any],
-        pause_key: str,
+        charges: list[Charge] | None,
     ) -> Response:
         """One attempt on the wire, holding ``slot``; the slot is given back on every path.
 
@@ -524,7 +535,8 @@ class Pipeline:
                     self.limiter.settle(token)
             resp._syncfetch_wire_time = time.monotonic() - started  # type: ignore[attr-defined]
             try:
-                self._listen(pause_key, resp, request)
+                # Server feedback pauses the most specific route the request paid.
+                self._listen(charges[-1].key if charges else key, resp, request)
                 if not stream:
                     try:
                         read_body(resp, deadline, _read_timeout(attempt_timeout))
@@ -537,6 +549,8 @@ class Pipeline:
             except BaseException:
                 resp.close()
                 raise
+            if charges:
+                self._correct(charges, token, resp, not stream)
             status = resp.status_code
             throttled = is_throttle(status, resp.headers)
             if self.adaptive is not None:

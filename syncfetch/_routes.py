@@ -9,16 +9,19 @@ matching one segment with one bucket per value, and an optional method.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, TypeAlias
 
 from pyrate_limiter import Rate
-from requests import PreparedRequest
+from requests import PreparedRequest, Response
 
 from ._limiter import Charge
 from ._pipeline import _origin_key, bucket_key
 from ._rates import LimitsArg, normalize_limits
+
+log = logging.getLogger("syncfetch")
 
 #: Methods a pattern may name (as requests sends them, upper case).
 METHODS = frozenset(
@@ -70,16 +73,36 @@ class Route:
         method with ``"*"`` for the other methods (a method not listed, without ``"*"``,
         pays the call's cost), or a function of the :class:`requests.PreparedRequest`
         returning a whole number.
-    :raises ValueError: for an invalid rate or cost, naming it.
+    :param settle: a function of the response returning what the call truly cost
+        (Shopify's ``actualQueryCost``, OpenAI's ``usage``): the charge is corrected to
+        it, refunding or charging the difference, so the next calls see the true
+        balance. Called on every attempt's response (its body read; a streamed
+        response's body is not, so ``settle`` is not called for it). A function that
+        raises or returns no whole number >= 0 leaves the charge as it was (logged).
+    :param free: statuses the provider does not count (a 304 to a conditional request,
+        for GitHub): an attempt answered with one is refunded on this route.
+    :raises ValueError: for an invalid rate, cost or status, naming it.
     """
 
     limits: LimitsArg
     cost: CostArg = None
+    settle: Callable[[Response], int] | None = None
+    free: Collection[int] = frozenset()
     #: The binding rates, shortest interval first.
     rates: tuple[Rate, ...] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rates", tuple(normalize_limits(self.limits)))
+        if self.settle is not None and not callable(self.settle):
+            raise ValueError(f"settle must be a function of the response, not {self.settle!r}")
+        free = self.free
+        if isinstance(free, (str, bytes)) or not isinstance(free, Iterable):
+            raise ValueError(f"free must be a collection of statuses, not {free!r}")
+        statuses = frozenset(free)
+        for status in statuses:
+            if not (_is_count(status) and 100 <= status <= 599):
+                raise ValueError(f"free statuses must be HTTP statuses, not {status!r}")
+        object.__setattr__(self, "free", statuses)
         cost = self.cost
         if cost is None or callable(cost) or _is_count(cost):
             return
@@ -188,19 +211,39 @@ def parse_pattern(pattern: str) -> tuple[str | None, str, tuple[str, ...]]:
     return method, origin, tuple(segments)
 
 
+def corrected(route: Route, response: Response, charged: int, read: bool) -> int:
+    """What ``response``'s attempt truly cost on ``route`` (``charged`` when unknown).
+
+    :param read: whether the body was read (``settle`` is called only then).
+    """
+    if response.status_code in route.free:
+        return 0
+    if route.settle is None or not read:
+        return charged
+    try:
+        cost = route.settle(response)
+    except Exception as exc:  # a user function: never breaks the call
+        log.warning("syncfetch: settle %r raised %r; the charge stands", route.settle, exc)
+        return charged
+    if not _is_count(cost):
+        log.warning("syncfetch: settle %r returned %r; the charge stands", route.settle, cost)
+        return charged
+    return int(cost)
+
+
 def _route_of(value: Any) -> Route:
     """A mapping's value as a :class:`Route`: a Route, rates, or (JSON, TOML) a table of
     Route's arguments, ``{"limits": "900/minute", "cost": {"GET": 1, "*": 5}}``."""
     if isinstance(value, Route):
         return value
     if isinstance(value, Mapping):
-        unknown = set(value) - {"limits", "cost"}
+        unknown = set(value) - {"limits", "cost", "free"}
         if unknown or "limits" not in value:
             raise ValueError(
-                "a route given as a table takes 'limits' and optionally 'cost', "
+                "a route given as a table takes 'limits' and optionally 'cost' and 'free', "
                 f"not {dict(value)!r}"
             )
-        return Route(value["limits"], cost=value.get("cost"))
+        return Route(value["limits"], cost=value.get("cost"), free=value.get("free", ()))
     return Route(value)
 
 
@@ -271,11 +314,16 @@ class RouteTable:
         own = self.origins.get(origin)
         if own is not None:
             route, windows = own
-            charges.append(Charge(origin, windows, route.cost_of(request, call_cost)))
+            charges.append(Charge(origin, windows, route.cost_of(request, call_cost), route))
         elif self.any_origin is not None:
             key = bucket_key(url, per_host)
             charges.append(
-                Charge(key, self._any_windows, self.any_origin.cost_of(request, call_cost))
+                Charge(
+                    key,
+                    self._any_windows,
+                    self.any_origin.cost_of(request, call_cost),
+                    self.any_origin,
+                )
             )
         tree = self.specific.get(origin)
         if tree is None:
@@ -312,5 +360,6 @@ class RouteTable:
         found_routes.sort(key=lambda f: (f[0], f[1]))
         for _, _, where, entry in found_routes:
             key = f"{entry.method} {origin}{where}" if entry.method else origin + where
-            charges.append(Charge(key, entry.windows, entry.route.cost_of(request, call_cost)))
+            cost = entry.route.cost_of(request, call_cost)
+            charges.append(Charge(key, entry.windows, cost, entry.route))
         return charges

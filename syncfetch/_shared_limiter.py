@@ -181,6 +181,10 @@ class SharedLimiter:
             f"(asked: {[(c.key, c.cost) for c in paying]!r})"
         )
 
+    def correct(self, token: Token, key: str, cost: int) -> None:
+        """Nothing to correct: costs other than one token per call are not shared yet
+        (see :meth:`take`)."""
+
     def _backend_acquire(
         self, key: str, deadline: float | None, start: float, last_round: bool
     ) -> Token | None:

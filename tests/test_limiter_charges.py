@@ -147,3 +147,19 @@ def test_no_window_of_any_bucket_ever_holds_more_than_its_limit(
             for start, _ in taken[b]:
                 inside = sum(c for when, c in taken[b] if start <= when < start + ms / 1000)
                 assert inside <= limit
+
+
+def test_correct_before_and_after_settle() -> None:
+    t = FakeTime()
+    limiter = make(t)
+    bucket = ((10, 1000),)
+    early = limiter.take("o", [Charge("g", bucket, 8)], None)
+    limiter.correct(early, "g", 1)  # before settle: the pending charge shrinks
+    limiter.settle(early)
+    late = limiter.take("o", [Charge("g", bucket, 8)], t.now)  # 1 + 8 fit
+    limiter.settle(late)
+    limiter.correct(late, "g", 2)  # after settle: the dated entry shrinks
+    limiter.correct(late, "other", 0)  # a key it did not pay: ignored
+    limiter.settle(limiter.take("o", [Charge("g", bucket, 7)], t.now))  # 1 + 2 + 7
+    with pytest.raises(RateLimitExceeded):
+        limiter.take("o", [Charge("g", bucket, 1)], t.now)

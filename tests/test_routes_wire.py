@@ -170,3 +170,67 @@ def test_limits_can_be_assigned_a_mapping_and_back() -> None:
         assert "https://a.test/x" in repr(session)
         session.limits = "100/second"
         session.get("https://a.test/x")
+
+
+# -- correcting a charge from the response ------------------------------------------------------
+
+
+@responses.activate
+def test_settle_corrects_the_charge_so_the_next_calls_see_the_true_balance() -> None:
+    responses.add(responses.POST, "https://a.test/graphql", body="{}", headers={"X-Cost": "2"})
+    route = Route("10/minute", cost=5, settle=lambda r: int(r.headers["X-Cost"]))
+    with syncfetch.Session(limits={"https://a.test/graphql": route}, max_wait=0) as session:
+        # 5 each up front, 2 each in truth: 2 + 5 and 4 + 5 fit in 10, 6 + 5 does not.
+        for _ in range(3):
+            session.post("https://a.test/graphql")
+        with pytest.raises(RateLimitExceeded):
+            session.post("https://a.test/graphql")
+    assert len(responses.calls) == 3
+
+
+@responses.activate
+def test_settle_may_charge_more_than_was_taken() -> None:
+    responses.add(responses.POST, "https://a.test/q", body="{}", headers={"X-Cost": "9"})
+    route = Route("10/minute", settle=lambda r: int(r.headers["X-Cost"]))
+    with syncfetch.Session(limits={"https://a.test/q": route}, max_wait=0) as session:
+        session.post("https://a.test/q")  # took 1, cost 9
+        session.post("https://a.test/q")  # 9 + 1 fit: took 1, cost 9 again (over: 18)
+        with pytest.raises(RateLimitExceeded):
+            session.post("https://a.test/q")
+
+
+@responses.activate
+def test_a_settle_that_fails_leaves_the_charge_and_never_breaks_the_call(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    responses.add(responses.GET, "https://a.test/x", body="not json")
+    route = Route("2/minute", settle=lambda r: r.json()["cost"])
+    with syncfetch.Session(limits={"https://a.test": route}, max_wait=0) as session:
+        assert session.get("https://a.test/x").status_code == 200
+        session.get("https://a.test/x")
+        with pytest.raises(RateLimitExceeded):
+            session.get("https://a.test/x")
+    assert "the charge stands" in caplog.text
+
+
+@responses.activate
+def test_free_statuses_are_refunded_on_their_route() -> None:
+    responses.add(responses.GET, "https://a.test/etag", status=304)
+    responses.add(responses.GET, "https://a.test/new", status=200)
+    route = Route("2/minute", free={304})
+    with syncfetch.Session(limits={"https://a.test": route}, max_wait=0) as session:
+        for _ in range(5):
+            assert session.get("https://a.test/etag").status_code == 304
+        session.get("https://a.test/new")
+        session.get("https://a.test/new")
+        with pytest.raises(RateLimitExceeded):
+            session.get("https://a.test/new")
+
+
+def test_bad_settle_and_free_are_refused() -> None:
+    with pytest.raises(ValueError, match="settle"):
+        Route("1/s", settle=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="free"):
+        Route("1/s", free={99})
+    with pytest.raises(ValueError, match="free"):
+        Route("1/s", free="304")  # type: ignore[arg-type]
