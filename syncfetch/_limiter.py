@@ -349,7 +349,31 @@ class KeyedLimiter:
         """
         if not self.rates:
             return Token(key, None, 0.0)
-        return self.take(key, (Charge(key, self._ms, 1),), deadline)
+        # take() for one token of one key, without its lists: the path of most calls.
+        start: float | None = None
+        while True:
+            with self._lock:
+                windows, horizon = self._windows, self._horizon  # set_rates changes both
+                now = self._clock()
+                if start is None:
+                    start = now
+                if now >= self._next_sweep:
+                    self._sweep(now)
+                log = self._logs.get(key)
+                if log is None:
+                    log = self._logs[key] = _Log()
+                wait = self._wait(log, windows, horizon, 1, now)
+                if wait <= 0:
+                    token = Token(key, ((key, log, 1),), now - start)
+                    log.pending[token] = 1
+                    return token
+            if deadline is not None and now + wait > deadline:
+                raise RateLimitExceeded(
+                    f"no rate-limit token for {key} within max_wait (next in {wait:.3f} s)",
+                    key=key,
+                    retry_after=wait,
+                )
+            self.sleep(wait)
 
     def take(self, key: str, charges: Sequence[Charge], deadline: float | None) -> Token:
         """Take every charge at once, all or nothing (see :meth:`Limiter.take`).
@@ -362,7 +386,7 @@ class KeyedLimiter:
         :raises ValueError: for a cost larger than a limit of its bucket.
         """
         needs = [(c.key, self._seconds(c.windows), c.cost) for c in charges if c.cost and c.windows]
-        for name, windows, cost in needs:
+        for name, (windows, _), cost in needs:
             for limit, window in windows:
                 if cost > limit:
                     raise ValueError(
@@ -381,12 +405,12 @@ class KeyedLimiter:
                     self._sweep(now)
                 wait, binding = 0.0, needs[0][0]
                 logs: list[_Log] = []
-                for name, windows, cost in needs:
+                for name, (windows, horizon), cost in needs:
                     log = self._logs.get(name)
                     if log is None:
                         log = self._logs[name] = _Log()
                     logs.append(log)
-                    need = self._wait(log, windows, cost, now)
+                    need = self._wait(log, windows, horizon, cost, now)
                     if need > wait:
                         wait, binding = need, name
                 if wait <= 0:
@@ -405,22 +429,33 @@ class KeyedLimiter:
                 )
             self.sleep(wait)
 
-    def _seconds(self, windows: tuple[tuple[int, int], ...]) -> tuple[tuple[int, float], ...]:
-        """``(limit, seconds)`` windows, each longer by the margin (cached per route)."""
+    def _seconds(
+        self, windows: tuple[tuple[int, int], ...]
+    ) -> tuple[tuple[tuple[int, float], ...], float]:
+        """``(limit, seconds)`` windows, each longer by the margin, and the longest of
+        them (cached per route)."""
         found = self._converted.get(windows)
         if found is None:
             margin = self._margin_ms
-            found = tuple((limit, (ms + margin) / 1000) for limit, ms in windows)
+            seconds = tuple((limit, (ms + margin) / 1000) for limit, ms in windows)
+            found = (seconds, max(window for _, window in seconds))
             if len(self._converted) < 4096:
                 self._converted[windows] = found
         return found
 
     def _wait(
-        self, log: _Log, windows: tuple[tuple[int, float], ...], cost: int, now: float
+        self,
+        log: _Log,
+        windows: tuple[tuple[int, float], ...],
+        horizon: float,
+        cost: int,
+        now: float,
     ) -> float:
-        """Seconds until every window of ``log`` has room for ``cost`` at ``now`` (0: now)."""
-        log.horizon = horizon = max(window for _, window in windows)
-        log.trim(now - horizon)
+        """Seconds until every window of ``log`` (the longest ``horizon``) has room for
+        ``cost`` at ``now`` (0: room now)."""
+        log.horizon = horizon
+        if log.dates and log.dates[0] <= now - horizon:
+            log.trim(now - horizon)
         dates = log.dates
         flying: list[tuple[float, int]] = []
         if log.pending:
@@ -524,10 +559,12 @@ class KeyedLimiter:
         self._margin_ms = margin_ms
         # Windows as (limit, ms) -> as (limit, seconds) with the margin; read without
         # the lock (a dict lookup or store is atomic), cleared when the margin changes.
-        self._converted: dict[tuple[tuple[int, int], ...], tuple[tuple[int, float], ...]] = {}
-        self._ms = tuple((r.limit, r.interval) for r in rates)
+        self._converted: dict[
+            tuple[tuple[int, int], ...], tuple[tuple[tuple[int, float], ...], float]
+        ] = {}
         self.rates = [Rate(r.limit, r.interval + margin_ms) for r in rates]
-        self._horizon = max((r.interval / 1000 for r in self.rates), default=0.0)
+        self._windows = tuple((r.limit, r.interval / 1000) for r in self.rates)
+        self._horizon = max((window for _, window in self._windows), default=0.0)
 
     def bucket_count(self) -> int:
         """Number of keys with a live log (for tests and stats)."""

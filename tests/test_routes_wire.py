@@ -3,6 +3,7 @@ process (``FakeAPI`` for per-route and per-cost windows, ``strict_server`` for s
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import pytest
@@ -11,6 +12,7 @@ import responses
 
 import syncfetch
 from syncfetch import RateLimitExceeded, Route
+from syncfetch._routes import RouteTable
 from syncfetch.testing import FakeAPI
 from tests._server import ScriptedServer, Step
 
@@ -234,3 +236,18 @@ def test_bad_settle_and_free_are_refused() -> None:
         Route("1/s", free={99})
     with pytest.raises(ValueError, match="free"):
         Route("1/s", free="304")  # type: ignore[arg-type]
+
+
+def test_a_json_settings_mapping_builds_the_routes() -> None:
+    from syncfetch._settings import session_from_settings
+
+    config = json.loads(
+        '{"limits": {"*": "10/second", "https://a.test/graphql": '
+        '{"limits": "900/minute", "cost": {"GET": 1, "*": 5}, "free": [304]}}, "max_wait": 2}'
+    )
+    with session_from_settings(config) as session:
+        assert isinstance(session.limits, RouteTable)
+        request = requests.Request("POST", "https://a.test/graphql").prepare()
+        assert [c.cost for c in session.limits.match(request, 1)] == [1, 5]
+    with pytest.raises(ValueError, match="FETCH"):
+        session_from_settings({"limits": {"FETCH https://a.test": "1/s"}})
