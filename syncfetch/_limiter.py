@@ -96,7 +96,9 @@ class Limiter(Protocol):
         would pass ``deadline`` (a ``time.monotonic()`` value; ``None`` = no bound)."""
         ...
 
-    def take(self, key: str, charges: Sequence[Charge], deadline: float | None) -> Token:
+    def take(
+        self, key: str, charges: Sequence[Charge], deadline: float | None, priority: int = 0
+    ) -> Token:
         """Take every charge (``cost`` tokens of its ``key`` under its own ``windows``)
         at once: all or nothing.
 
@@ -108,6 +110,10 @@ class Limiter(Protocol):
         cannot have them all by ``deadline`` raises ``RateLimitExceeded`` at once and
         takes none. ``key`` names the token (the call's origin: response times are kept
         per origin); no charges (or only free ones) take nothing.
+
+        ``priority``: while a call of a higher priority waits for one of the buckets, a
+        lower one does not take from it (see :class:`KeyedLimiter`; the shared limiters
+        ignore it for now).
 
         :raises ValueError: at once for a cost larger than a limit of its bucket (no
             window can ever hold it), naming the bucket.
@@ -202,7 +208,7 @@ class _Log:
     including each entry, so the tokens in any span are one subtraction.
     """
 
-    __slots__ = ("base", "cum", "dates", "horizon", "pending")
+    __slots__ = ("base", "cum", "dates", "horizon", "pending", "waiters")
 
     def __init__(self) -> None:
         self.dates: list[float] = []  # settled entries' dates, sorted
@@ -210,6 +216,7 @@ class _Log:
         self.base = 0  # running total before dates[0] (entries dropped off the front)
         self.pending: dict[Token, int] = {}  # taken, not yet settled -> tokens taken
         self.horizon = 0.0  # the longest window of the rates this key was last taken under
+        self.waiters: dict[_Waiter, None] = {}  # calls sleeping until this key has room
 
     def total_before(self, index: int) -> int:
         """Weight of the entries before ``index``, counted from the log's beginning."""
@@ -247,6 +254,40 @@ class _Log:
             self.base = self.cum[cut - 1]
             del self.dates[:cut]
             del self.cum[:cut]
+
+
+#: Seconds of waiting that raise a waiting call's priority by one, so a batch waiting
+#: behind interactive calls is not starved: after 10 s it outranks new calls of one
+#: priority higher, after 20 s of two higher, and so on.
+AGING = 10.0
+# A call outranked by a waiter while its buckets have room looks again this soon (the
+# waiter is waking to take them).
+_YIELD = 0.002
+
+
+class _Waiter:
+    """A call sleeping until its buckets have room (its priority and since when)."""
+
+    __slots__ = ("priority", "since")
+
+    def __init__(self, priority: int, since: float) -> None:
+        self.priority = priority
+        self.since = since
+
+
+def _outranked(logs: list[_Log], me: _Waiter, now: float) -> bool:
+    """Whether a call of another priority, waiting for one of ``logs``, outranks ``me``
+    (its priority, plus one per :data:`AGING` seconds it has waited)."""
+    mine = me.priority + (now - me.since) / AGING
+    for log in logs:
+        for other in log.waiters:
+            if (
+                other is not me
+                and other.priority != me.priority
+                and other.priority + (now - other.since) / AGING > mine
+            ):
+                return True
+    return False
 
 
 def _reached(
@@ -315,6 +356,7 @@ class KeyedLimiter:
             for weight in log.pending.values():
                 log.add(now, weight)
             log.pending = {}
+            log.waiters = {}  # their threads do not exist here
 
     def close(self) -> None:
         """Nothing to release: the logs live in this process's memory."""
@@ -363,23 +405,26 @@ class KeyedLimiter:
                 if log is None:
                     log = self._logs[key] = _Log()
                 wait = self._wait(log, windows, horizon, 1, now)
-                if wait <= 0:
+                if wait <= 0 and not log.waiters:
                     token = Token(key, ((key, log, 1),), now - start)
                     log.pending[token] = 1
                     return token
-            if deadline is not None and now + wait > deadline:
-                raise RateLimitExceeded(
-                    f"no rate-limit token for {key} within max_wait (next in {wait:.3f} s)",
-                    key=key,
-                    retry_after=wait,
-                )
-            self.sleep(wait)
+            # Waiting, or others wait: in line with them (priorities, aging).
+            return self.take(key, (Charge(key, self._ms, 1),), deadline)
 
-    def take(self, key: str, charges: Sequence[Charge], deadline: float | None) -> Token:
+    def take(
+        self, key: str, charges: Sequence[Charge], deadline: float | None, priority: int = 0
+    ) -> Token:
         """Take every charge at once, all or nothing (see :meth:`Limiter.take`).
 
         One lock makes the check of every bucket and the take of every cost one step;
         no token is held while the call sleeps.
+
+        A call that must wait is entered as a waiter of each of its buckets. While one
+        of another priority, its priority raised by one per :data:`AGING` seconds
+        waited, waits for a bucket the call pays, the call does not take (it looks
+        again when the waiter should have taken). Calls of one priority never hold each
+        other back.
 
         :raises RateLimitExceeded: at once when the wait would pass ``deadline``; no
             bucket is charged.
@@ -395,39 +440,56 @@ class KeyedLimiter:
                     )
         if not needs:
             return Token(key, None, 0.0)
+        me: _Waiter | None = None
+        waiting: list[_Log] = []  # the logs ``me`` is entered in
         start: float | None = None
-        while True:
-            with self._lock:
-                now = self._clock()
-                if start is None:
-                    start = now
-                if now >= self._next_sweep:
-                    self._sweep(now)
-                wait, binding = 0.0, needs[0][0]
-                logs: list[_Log] = []
-                for name, (windows, horizon), cost in needs:
-                    log = self._logs.get(name)
-                    if log is None:
-                        log = self._logs[name] = _Log()
-                    logs.append(log)
-                    need = self._wait(log, windows, horizon, cost, now)
-                    if need > wait:
-                        wait, binding = need, name
-                if wait <= 0:
-                    handle = tuple(
-                        (name, log, cost) for (name, _, cost), log in zip(needs, logs, strict=True)
+        try:
+            while True:
+                with self._lock:
+                    now = self._clock()
+                    if start is None:
+                        start = now
+                    if now >= self._next_sweep:
+                        self._sweep(now)
+                    wait, binding = 0.0, needs[0][0]
+                    logs: list[_Log] = []
+                    for name, (windows, horizon), cost in needs:
+                        log = self._logs.get(name)
+                        if log is None:
+                            log = self._logs[name] = _Log()
+                        logs.append(log)
+                        need = self._wait(log, windows, horizon, cost, now)
+                        if need > wait:
+                            wait, binding = need, name
+                    if me is None:
+                        me = _Waiter(priority, start)
+                    if any(log.waiters for log in logs) and _outranked(logs, me, now):
+                        wait = max(wait, _YIELD)
+                    if wait <= 0:
+                        handle = tuple(
+                            (name, log, cost)
+                            for (name, _, cost), log in zip(needs, logs, strict=True)
+                        )
+                        token = Token(key, handle, now - start)
+                        for _, log, cost in handle:
+                            log.pending[token] = cost
+                        return token
+                    for log in logs:
+                        if me not in log.waiters:
+                            log.waiters[me] = None
+                            waiting.append(log)
+                if deadline is not None and now + wait > deadline:
+                    raise RateLimitExceeded(
+                        f"no rate-limit token for {binding} within max_wait (next in {wait:.3f} s)",
+                        key=binding,
+                        retry_after=wait,
                     )
-                    token = Token(key, handle, now - start)
-                    for _, log, cost in handle:
-                        log.pending[token] = cost
-                    return token
-            if deadline is not None and now + wait > deadline:
-                raise RateLimitExceeded(
-                    f"no rate-limit token for {binding} within max_wait (next in {wait:.3f} s)",
-                    key=binding,
-                    retry_after=wait,
-                )
-            self.sleep(wait)
+                self.sleep(wait)
+        finally:
+            if waiting:
+                with self._lock:
+                    for log in waiting:
+                        log.waiters.pop(me, None)  # type: ignore[arg-type]
 
     def _seconds(
         self, windows: tuple[tuple[int, int], ...]
@@ -535,7 +597,11 @@ class KeyedLimiter:
 
     def _sweep(self, now: float) -> None:
         for key, log in list(self._logs.items()):
-            if not log.pending and (not log.dates or log.dates[-1] <= now - log.horizon):
+            if (
+                not log.pending
+                and not log.waiters
+                and (not log.dates or log.dates[-1] <= now - log.horizon)
+            ):
                 del self._logs[key]
         for key, until in list(self._paused.items()):
             if until <= now:
@@ -562,6 +628,7 @@ class KeyedLimiter:
         self._converted: dict[
             tuple[tuple[int, int], ...], tuple[tuple[tuple[int, float], ...], float]
         ] = {}
+        self._ms = tuple((r.limit, r.interval) for r in rates)
         self.rates = [Rate(r.limit, r.interval + margin_ms) for r in rates]
         self._windows = tuple((r.limit, r.interval / 1000) for r in self.rates)
         self._horizon = max((window for _, window in self._windows), default=0.0)

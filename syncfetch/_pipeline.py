@@ -67,6 +67,8 @@ class Call:
     id: int = 0
     #: Tokens each attempt takes (``cost=`` of the call; routes may charge their own).
     cost: int = 1
+    #: ``priority=`` of the call: higher takes a free token ahead of waiting lower ones.
+    priority: int = 0
 
 
 #: The call being sent on this thread; redirect hops find their call's deadline here.
@@ -339,7 +341,9 @@ class Pipeline:
             if charges is None:
                 token = self.limiter.acquire(key, limit)
             else:  # all or nothing: no route's tokens are held while another's are awaited
-                token = self.limiter.take(key, charges, limit)
+                call = CURRENT_CALL.get()
+                priority = call.priority if call is not None else 0
+                token = self.limiter.take(key, charges, limit, priority)
             # A wait may have ended just as close() ran: nothing is sent after that.
             if closing.is_set():
                 raise SessionClosed("the session was closed while this call waited")
@@ -476,7 +480,7 @@ class Pipeline:
         cost = call.cost if call is not None else 1
         if self.routes is not None:
             return self.routes.match(request, cost, self.per_host)
-        if cost == 1:
+        if cost == 1 and (call is None or call.priority == 0):
             return None
         return [Charge(key, self.windows, cost)]
 

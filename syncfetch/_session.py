@@ -112,11 +112,17 @@ def _check_limits(limits: Any) -> list[Rate] | RouteTable:
     return normalize_limits(limits)
 
 
-#: The cost a call passes as ``cost=``, from :meth:`Session.request` to the call that
-#: ``send`` makes (``None``: not given, 1).
-_CALL_COST: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+#: ``(cost, priority)`` a call passes, from :meth:`Session.request` to the call that
+#: ``send`` makes (``None``: neither given).
+_CALL_COST: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
     "syncfetch_call_cost", default=None
 )
+
+
+def _check_priority(value: Any) -> int:
+    if not _is_count(value) or not -(10**6) <= value <= 10**6:
+        raise ValueError(f"priority must be a whole number (-10**6 to 10**6), not {value!r}")
+    return int(value)
 
 
 def _check_flag(name: str) -> Callable[[Any], bool]:
@@ -729,25 +735,35 @@ class Session(requests.Session):
         json: Any = None,
         *,
         cost: int | None = None,
+        priority: int | None = None,
     ) -> Response:
         """Like :meth:`requests.Session.request`; a call passing no ``timeout`` gets the session's.
 
         :param cost: tokens each attempt of this call takes (GraphQL points, weights):
             a whole number >= 0, 1 when not given; 0 takes none. Routes with a cost of
             their own charge that instead (:class:`Route`).
+        :param priority: a whole number, 0 by default: while a call of a higher
+            priority waits for a bucket, lower ones do not take from it; a waiting
+            call's priority rises by one every 10 s (``AGING``), so none starves. Calls
+            of one priority never hold each other back. In this process only (the
+            shared backends ignore it for now).
         :returns: the response (after retries, the last one).
         :raises RateLimitExceeded: when ``max_wait`` runs out before a slot or token.
         :raises ValueError: for a bad ``cost``, or one larger than a limit it would pay
             (no window could ever hold it).
         """
         given = None
-        if cost is not None:
-            cost = check_cost(cost)
+        if cost is not None or priority is not None:
+            options = (
+                1 if cost is None else check_cost(cost),
+                0 if priority is None else _check_priority(priority),
+            )
             call = CURRENT_CALL.get()
             if call is not None and call.owner is self:
-                call.cost = cost  # a map() item: its call is made before the request
+                # A map() item: its call is made before the request.
+                call.cost, call.priority = options
             else:
-                given = _CALL_COST.set(cost)
+                given = _CALL_COST.set(options)
         try:
             return super().request(
                 method,  # type: ignore[arg-type]
@@ -818,9 +834,9 @@ class Session(requests.Session):
     def _new_call(self) -> Call:
         deadline = self.retry.deadline
         call = Call(self, None if deadline is None else time.monotonic() + deadline)
-        cost = _CALL_COST.get()
-        if cost is not None:
-            call.cost = cost
+        options = _CALL_COST.get()
+        if options is not None:
+            call.cost, call.priority = options
             _CALL_COST.set(None)  # taken: a call made meanwhile (a hook's) pays its own
         return call
 

@@ -162,9 +162,11 @@ class SharedLimiter:
                 return backend_token
         raise AssertionError("unreachable: the last round always returns a token")
 
-    def take(self, key: str, charges: Sequence[Charge], deadline: float | None) -> Token:
+    def take(
+        self, key: str, charges: Sequence[Charge], deadline: float | None, priority: int = 0
+    ) -> Token:
         """Not shared yet: only a call paying nothing, or one token of ``key`` under this
-        limiter's own rates (what :meth:`acquire` takes).
+        limiter's own rates (what :meth:`acquire` takes); ``priority`` is ignored.
 
         Routes and costs need the atomic multi-key take that :meth:`Limiter.take`
         describes (one transaction in SQLite, one Lua script in Redis); until then

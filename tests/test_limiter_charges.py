@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from pyrate_limiter import Rate
 
 from syncfetch import RateLimitExceeded
-from syncfetch._limiter import Charge, KeyedLimiter
+from syncfetch._limiter import AGING, Charge, KeyedLimiter, _Log, _outranked, _Waiter
 from tests.test_limiter import FakeTime
 
 ORIGIN = Charge("origin", ((10, 1000),), 1)
@@ -163,3 +163,53 @@ def test_correct_before_and_after_settle() -> None:
     limiter.settle(limiter.take("o", [Charge("g", bucket, 7)], t.now))  # 1 + 2 + 7
     with pytest.raises(RateLimitExceeded):
         limiter.take("o", [Charge("g", bucket, 1)], t.now)
+
+
+# -- priorities -------------------------------------------------------------------------------
+
+
+def test_a_higher_priority_waiter_takes_the_next_token_ahead_of_an_earlier_lower_one() -> None:
+    limiter = KeyedLimiter([], arrival=0.0)
+    bucket = [Charge("k", ((1, 500),), 1)]
+    limiter.settle(limiter.take("o", bucket, None))  # the bucket is full for 0.5 s
+    order: list[str] = []
+
+    def call(name: str, priority: int) -> None:
+        limiter.settle(limiter.take("o", bucket, None, priority))
+        order.append(name)
+
+    low = threading.Thread(target=call, args=("low", 0))
+    low.start()
+    threading.Event().wait(0.1)  # low is waiting first
+    high = threading.Thread(target=call, args=("high", 5))
+    high.start()
+    low.join(5)
+    high.join(5)
+    assert order == ["high", "low"]
+    assert limiter._logs["k"].waiters == {}
+
+
+def test_calls_of_one_priority_never_hold_each_other_back() -> None:
+    t = FakeTime()
+    limiter = make(t)
+    waiter = _Waiter(0, t.now)
+    limiter.settle(limiter.take("o", [Charge("k", ((5, 1000),), 1)], None))
+    limiter._logs["k"].waiters[waiter] = None  # someone of priority 0 waits
+    limiter.settle(limiter.take("o", [Charge("k", ((5, 1000),), 1)], t.now))  # not held
+    with pytest.raises(RateLimitExceeded):  # a priority -1 call is held back by it
+        limiter.take("o", [Charge("k", ((5, 1000),), 1)], t.now, -1)
+    assert list(limiter._logs["k"].waiters) == [waiter]  # the refused call left no waiter
+
+
+def test_waiting_raises_a_priority_so_a_batch_is_not_starved() -> None:
+    assert AGING == 10.0  # one priority per 10 s waited, as documented
+    log = _Log()
+    batch = _Waiter(0, 100.0)
+    log.waiters[batch] = None
+    # After 5 s the batch (0 + 0.5) does not outrank a new call of priority 1...
+    assert not _outranked([log], _Waiter(1, 105.0), 105.0)
+    # ...after 15 s (0 + 1.5) it does, and a call of priority 2 still goes first.
+    assert _outranked([log], _Waiter(1, 115.0), 115.0)
+    assert not _outranked([log], _Waiter(2, 115.0), 115.0)
+    # A priority-1 call that has itself waited 10 s (1 + 1.0) is not held back.
+    assert not _outranked([log], _Waiter(1, 105.0), 115.0)

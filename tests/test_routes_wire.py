@@ -4,6 +4,7 @@ process (``FakeAPI`` for per-route and per-cost windows, ``strict_server`` for s
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -251,3 +252,38 @@ def test_a_json_settings_mapping_builds_the_routes() -> None:
         assert [c.cost for c in session.limits.match(request, 1)] == [1, 5]
     with pytest.raises(ValueError, match="FETCH"):
         session_from_settings({"limits": {"FETCH https://a.test": "1/s"}})
+
+
+# -- priorities -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_an_interactive_call_goes_ahead_of_a_waiting_batch(fake_api: StartAPI) -> None:
+    api = fake_api("1/second")
+    session = syncfetch.Session(limits={api.url: "1/second"}, max_concurrency=6, max_workers=5)
+    batch = [api.url_for(f"/batch/{i}") for i in range(12)]
+    done = threading.Event()
+
+    def run_batch() -> None:
+        for _ in session.map(batch, priority=0):
+            pass
+        done.set()
+
+    runner = threading.Thread(target=run_batch)
+    runner.start()
+    try:
+        threading.Event().wait(0.3)  # 1 batch item sent, 4 waiting for the next second
+        assert session.get(api.url_for("/vip"), priority=5).status_code == 200
+    finally:
+        session.close()
+        runner.join(10)
+    paths = [a.path for a in api.arrivals()]
+    assert paths.index("/vip") == 1  # the next second's token, ahead of 4 waiting items
+    assert api.count(429) == 0
+
+
+def test_bad_priorities_are_refused() -> None:
+    with syncfetch.Session() as session:
+        for bad in (1.5, True, "2", 10**7):
+            with pytest.raises(ValueError, match="priority"):
+                session.get("https://a.test/", priority=bad)
