@@ -266,28 +266,33 @@ _YIELD = 0.002
 
 
 class _Waiter:
-    """A call sleeping until its buckets have room (its priority and since when)."""
+    """A call sleeping until its buckets have room: its priority, since when it waits,
+    and when it looks again."""
 
-    __slots__ = ("priority", "since")
+    __slots__ = ("priority", "since", "wake")
 
     def __init__(self, priority: int, since: float) -> None:
         self.priority = priority
         self.since = since
+        self.wake = since
 
 
-def _outranked(logs: list[_Log], me: _Waiter, now: float) -> bool:
-    """Whether a call of another priority, waiting for one of ``logs``, outranks ``me``
-    (its priority, plus one per :data:`AGING` seconds it has waited)."""
+def _outranked(logs: list[_Log], me: _Waiter, now: float) -> float | None:
+    """When the first call of another priority that outranks ``me`` (its priority, plus
+    one per :data:`AGING` seconds it has waited), waiting for one of ``logs``, looks
+    again; ``None`` when none outranks it."""
     mine = me.priority + (now - me.since) / AGING
+    wake: float | None = None
     for log in logs:
         for other in log.waiters:
             if (
                 other is not me
                 and other.priority != me.priority
                 and other.priority + (now - other.since) / AGING > mine
+                and (wake is None or other.wake < wake)
             ):
-                return True
-    return False
+                wake = other.wake
+    return wake
 
 
 def _reached(
@@ -453,18 +458,24 @@ class KeyedLimiter:
                         self._sweep(now)
                     wait, binding = 0.0, needs[0][0]
                     logs: list[_Log] = []
+                    lacking: list[_Log] = []  # the buckets without room for this call
                     for name, (windows, horizon), cost in needs:
                         log = self._logs.get(name)
                         if log is None:
                             log = self._logs[name] = _Log()
                         logs.append(log)
                         need = self._wait(log, windows, horizon, cost, now)
+                        if need > 0:
+                            lacking.append(log)
                         if need > wait:
                             wait, binding = need, name
                     if me is None:
                         me = _Waiter(priority, start)
-                    if any(log.waiters for log in logs) and _outranked(logs, me, now):
-                        wait = max(wait, _YIELD)
+                    if any(log.waiters for log in logs):
+                        wake = _outranked(logs, me, now)
+                        if wake is not None:
+                            # Look again just after the call ahead should have taken.
+                            wait = max(wait, wake - now + _YIELD, _YIELD)
                     if wait <= 0:
                         handle = tuple(
                             (name, log, cost)
@@ -474,7 +485,13 @@ class KeyedLimiter:
                         for _, log, cost in handle:
                             log.pending[token] = cost
                         return token
-                    for log in logs:
+                    # A waiter of the buckets lacking room only: one with room is not
+                    # held back for this call while it waits for another.
+                    me.wake = now + wait
+                    for log in [w for w in waiting if w not in lacking]:
+                        del log.waiters[me]
+                        waiting.remove(log)
+                    for log in lacking:
                         if me not in log.waiters:
                             log.waiters[me] = None
                             waiting.append(log)

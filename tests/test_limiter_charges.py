@@ -207,9 +207,25 @@ def test_waiting_raises_a_priority_so_a_batch_is_not_starved() -> None:
     batch = _Waiter(0, 100.0)
     log.waiters[batch] = None
     # After 5 s the batch (0 + 0.5) does not outrank a new call of priority 1...
-    assert not _outranked([log], _Waiter(1, 105.0), 105.0)
+    assert _outranked([log], _Waiter(1, 105.0), 105.0) is None
     # ...after 15 s (0 + 1.5) it does, and a call of priority 2 still goes first.
-    assert _outranked([log], _Waiter(1, 115.0), 115.0)
-    assert not _outranked([log], _Waiter(2, 115.0), 115.0)
+    assert _outranked([log], _Waiter(1, 115.0), 115.0) == batch.wake
+    assert _outranked([log], _Waiter(2, 115.0), 115.0) is None
     # A priority-1 call that has itself waited 10 s (1 + 1.0) is not held back.
-    assert not _outranked([log], _Waiter(1, 105.0), 115.0)
+    assert _outranked([log], _Waiter(1, 105.0), 115.0) is None
+
+
+def test_a_waiter_holds_back_only_the_buckets_it_lacks_room_in() -> None:
+    """A high-priority call waiting for a full bucket y does not stop low-priority calls
+    from taking from bucket x, which has room for it."""
+    t = FakeTime()
+    limiter = make(t)
+    x, y = Charge("x", ((5, 1000),), 1), Charge("y", ((1, 60_000),), 1)
+    limiter.settle(limiter.take("o", [y], None))  # y is full for a minute
+    with pytest.raises(RateLimitExceeded):
+        limiter.take("o", [x, y], t.now + 1, priority=9)  # refused: gone again...
+    high = _Waiter(9, t.now)
+    limiter._logs["y"].waiters[high] = None  # ...so enter one that stays, as a sleeper is
+    limiter.settle(limiter.take("o", [x], t.now))  # x is not held back
+    with pytest.raises(RateLimitExceeded):
+        limiter.take("o", [y], t.now + 120)  # y is: the high call goes first
