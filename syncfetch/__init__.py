@@ -12,6 +12,7 @@ from ._exceptions import (
 from ._rates import parse_rate
 from ._result import Result
 from ._retry import RetryPolicy
+from ._routes import Route
 from ._session import UNSET, Session
 from ._stats import KeyStats, Stats
 from ._timing import is_testing, set_testing
@@ -28,6 +29,7 @@ __all__ = [
     "Result",
     "RetryBudget",
     "RetryPolicy",
+    "Route",
     "Session",
     "SessionClosed",
     "Stats",

@@ -13,8 +13,8 @@ import collections
 import dataclasses
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, Protocol
 
 from pyrate_limiter import Rate
 
@@ -42,6 +42,21 @@ def pause_seconds(seconds: float) -> float:
     return float(min(seconds, MAX_PAUSE))
 
 
+class Charge(NamedTuple):
+    """What one attempt pays one bucket: ``cost`` tokens of ``key``, under ``windows``.
+
+    :ivar key: the bucket key (an origin, or a route with its ``{name}`` values).
+    :ivar windows: ``(limit, interval in ms)`` of each of the route's rates.
+    :ivar cost: tokens taken (0: free, pauses still apply).
+    """
+
+    key: str
+    windows: tuple[tuple[int, int], ...]
+    cost: int
+    #: The :class:`syncfetch.Route` charging it (its ``settle`` and ``free``), if any.
+    route: Any = None
+
+
 @dataclasses.dataclass(eq=False)
 class Token:
     """A token taken for one attempt; ``settle`` dates it once the request has left.
@@ -54,6 +69,7 @@ class Token:
         adapters that do not note it).
     :ivar answered: ``time.monotonic()`` when the response's headers were read, noted
         the same way.
+    :ivar dated: the date ``settle`` gave it (in-memory limiter; ``None`` until then).
     """
 
     key: str
@@ -61,6 +77,7 @@ class Token:
     waited: float
     sent: float | None = None
     answered: float | None = None
+    dated: float | None = None
 
 
 class Limiter(Protocol):
@@ -79,9 +96,39 @@ class Limiter(Protocol):
         would pass ``deadline`` (a ``time.monotonic()`` value; ``None`` = no bound)."""
         ...
 
+    def take(
+        self, key: str, charges: Sequence[Charge], deadline: float | None, priority: int = 0
+    ) -> Token:
+        """Take every charge (``cost`` tokens of its ``key`` under its own ``windows``)
+        at once: all or nothing.
+
+        The check of every bucket and the take of every cost are one atomic step (one
+        lock in memory; one transaction in SQLite; one Lua script in Redis, whose keys
+        for one call share a hash slot in Redis Cluster through a ``{origin}`` hash tag).
+        Nothing is held while waiting: when any bucket lacks room, the call sleeps until
+        the latest of the buckets' waits and looks again at all of them. A call that
+        cannot have them all by ``deadline`` raises ``RateLimitExceeded`` at once and
+        takes none. ``key`` names the token (the call's origin: response times are kept
+        per origin); no charges (or only free ones) take nothing.
+
+        ``priority``: while a call of a higher priority waits for one of the buckets, a
+        lower one does not take from it (see :class:`KeyedLimiter`; the shared limiters
+        ignore it for now).
+
+        :raises ValueError: at once for a cost larger than a limit of its bucket (no
+            window can ever hold it), naming the bucket.
+        """
+        ...
+
     def settle(self, token: Token) -> None:
         """Date ``token`` by when its request reached the server: ``token.sent`` plus
         the arrival margin, and never later than now (the response is in hand)."""
+        ...
+
+    def correct(self, token: Token, key: str, cost: int) -> None:
+        """Make ``token``'s charge on ``key`` cost ``cost`` instead (a refund or a further
+        charge, known from the response), before or after :meth:`settle`; even past the
+        limit, so the next calls wait for the true balance. Unknown keys are ignored."""
         ...
 
     def pause(self, key: str, seconds: float) -> None:
@@ -154,13 +201,115 @@ class ResponseTimes:
 
 
 class _Log:
-    """One key's sliding-window log: dated tokens, and tokens whose request is in flight."""
+    """One key's sliding-window log: dated tokens, and tokens whose request is in flight.
 
-    __slots__ = ("dates", "pending")
+    A call may take several tokens at once (its cost): an entry is a date and a weight,
+    kept as ``cum``, the running total of the weights (since the log began) up to and
+    including each entry, so the tokens in any span are one subtraction.
+    """
+
+    __slots__ = ("base", "cum", "dates", "horizon", "pending", "waiters")
 
     def __init__(self) -> None:
-        self.dates: list[float] = []  # settled tokens' dates, sorted
-        self.pending: dict[Token, None] = {}  # taken, not yet settled
+        self.dates: list[float] = []  # settled entries' dates, sorted
+        self.cum: list[int] = []  # running total of their weights (parallel to dates)
+        self.base = 0  # running total before dates[0] (entries dropped off the front)
+        self.pending: dict[Token, int] = {}  # taken, not yet settled -> tokens taken
+        self.horizon = 0.0  # the longest window of the rates this key was last taken under
+        self.waiters: dict[_Waiter, None] = {}  # calls sleeping until this key has room
+
+    def total_before(self, index: int) -> int:
+        """Weight of the entries before ``index``, counted from the log's beginning."""
+        return self.cum[index - 1] if index else self.base
+
+    def add(self, date: float, weight: int) -> None:
+        """Enter ``weight`` tokens dated ``date``."""
+        dates, cum = self.dates, self.cum
+        if not dates or date >= dates[-1]:
+            dates.append(date)
+            cum.append((cum[-1] if cum else self.base) + weight)
+            return
+        at = bisect.bisect_right(dates, date)
+        dates.insert(at, date)
+        cum.insert(at, self.total_before(at) + weight)
+        for later in range(at + 1, len(cum)):
+            cum[later] += weight
+
+    def change(self, date: float, old: int, new: int) -> bool:
+        """Make an entry of ``old`` tokens dated ``date`` weigh ``new``; False if none is left."""
+        dates, cum = self.dates, self.cum
+        at = bisect.bisect_left(dates, date)
+        while at < len(dates) and dates[at] == date:
+            if cum[at] - self.total_before(at) == old:
+                for later in range(at, len(cum)):
+                    cum[later] += new - old
+                return True
+            at += 1
+        return False
+
+    def trim(self, before: float) -> None:
+        """Drop the entries dated at or before ``before`` (no window counts them)."""
+        cut = bisect.bisect_right(self.dates, before)
+        if cut:
+            self.base = self.cum[cut - 1]
+            del self.dates[:cut]
+            del self.cum[:cut]
+
+
+#: Seconds of waiting that raise a waiting call's priority by one, so a batch waiting
+#: behind interactive calls is not starved: after 10 s it outranks new calls of one
+#: priority higher, after 20 s of two higher, and so on.
+AGING = 10.0
+# A call outranked by a waiter while its buckets have room looks again this soon (the
+# waiter is waking to take them).
+_YIELD = 0.002
+
+
+class _Waiter:
+    """A call sleeping until its buckets have room: its priority, since when it waits,
+    and when it looks again."""
+
+    __slots__ = ("priority", "since", "wake")
+
+    def __init__(self, priority: int, since: float) -> None:
+        self.priority = priority
+        self.since = since
+        self.wake = since
+
+
+def _outranked(logs: list[_Log], me: _Waiter, now: float) -> float | None:
+    """When the first call of another priority that outranks ``me`` (its priority, plus
+    one per :data:`AGING` seconds it has waited), waiting for one of ``logs``, looks
+    again; ``None`` when none outranks it."""
+    mine = me.priority + (now - me.since) / AGING
+    wake: float | None = None
+    for log in logs:
+        for other in log.waiters:
+            if (
+                other is not me
+                and other.priority != me.priority
+                and other.priority + (now - other.since) / AGING > mine
+                and (wake is None or other.wake < wake)
+            ):
+                wake = other.wake
+    return wake
+
+
+def _reached(
+    log: _Log, first: int, before: int, flying: list[tuple[float, int]], need: int
+) -> float:
+    """The date by which ``need`` tokens of the window (settled entries from ``first``, and
+    ``flying`` ones, sorted) have been taken: the date that must leave for room."""
+    taken = 0  # flying tokens dated before the one looked at
+    for date, weight in flying:
+        settled = bisect.bisect_right(log.dates, date, first)
+        if log.total_before(settled) - before + taken >= need:
+            break  # reached among the settled entries before this flying one
+        taken += weight
+        if log.total_before(settled) - before + taken >= need:
+            return date
+    at = bisect.bisect_left(log.cum, before + need - taken, first)
+    return log.dates[at]
 
 
 class KeyedLimiter:
@@ -190,10 +339,7 @@ class KeyedLimiter:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        margin_ms = int(margin * 1000)
-        self.rates = [Rate(r.limit, r.interval + margin_ms) for r in rates]
-        self._windows = [(r.limit, r.interval / 1000) for r in self.rates]
-        self._horizon = max((w for _, w in self._windows), default=0.0)
+        self._set(rates, margin)
         self.arrival = arrival
         self._clock = clock
         self.sleep = sleep
@@ -212,9 +358,10 @@ class KeyedLimiter:
         self._times.after_fork()
         now = self._clock()
         for log in self._logs.values():
-            for _ in log.pending:
-                bisect.insort(log.dates, now)
+            for weight in log.pending.values():
+                log.add(now, weight)
             log.pending = {}
+            log.waiters = {}  # their threads do not exist here
 
     def close(self) -> None:
         """Nothing to release: the logs live in this process's memory."""
@@ -249,9 +396,11 @@ class KeyedLimiter:
         """
         if not self.rates:
             return Token(key, None, 0.0)
+        # take() for one token of one key, without its lists: the path of most calls.
         start: float | None = None
         while True:
             with self._lock:
+                windows, horizon = self._windows, self._horizon  # set_rates changes both
                 now = self._clock()
                 if start is None:
                     start = now
@@ -260,39 +409,152 @@ class KeyedLimiter:
                 log = self._logs.get(key)
                 if log is None:
                     log = self._logs[key] = _Log()
-                wait = self._wait(log, now)
-                if wait <= 0:
-                    token = Token(key, log, now - start)
-                    log.pending[token] = None
+                wait = self._wait(log, windows, horizon, 1, now)
+                if wait <= 0 and not log.waiters:
+                    token = Token(key, ((key, log, 1),), now - start)
+                    log.pending[token] = 1
                     return token
-            if deadline is not None and now + wait > deadline:
-                raise RateLimitExceeded(
-                    f"no rate-limit token for {key} within max_wait (next in {wait:.3f} s)",
-                    key=key,
-                    retry_after=wait,
-                )
-            self.sleep(wait)
+            # Waiting, or others wait: in line with them (priorities, aging).
+            return self.take(key, (Charge(key, self._ms, 1),), deadline)
 
-    def _wait(self, log: _Log, now: float) -> float:
-        """Seconds until every window of ``log`` has room at ``now`` (0: room now)."""
+    def take(
+        self, key: str, charges: Sequence[Charge], deadline: float | None, priority: int = 0
+    ) -> Token:
+        """Take every charge at once, all or nothing (see :meth:`Limiter.take`).
+
+        One lock makes the check of every bucket and the take of every cost one step;
+        no token is held while the call sleeps.
+
+        A call that must wait is entered as a waiter of each of its buckets. While one
+        of another priority, its priority raised by one per :data:`AGING` seconds
+        waited, waits for a bucket the call pays, the call does not take (it looks
+        again when the waiter should have taken). Calls of one priority never hold each
+        other back.
+
+        :raises RateLimitExceeded: at once when the wait would pass ``deadline``; no
+            bucket is charged.
+        :raises ValueError: for a cost larger than a limit of its bucket.
+        """
+        needs = [(c.key, self._seconds(c.windows), c.cost) for c in charges if c.cost and c.windows]
+        for name, (windows, _), cost in needs:
+            for limit, window in windows:
+                if cost > limit:
+                    raise ValueError(
+                        f"a cost of {cost} can never be taken from {name}: its limit is "
+                        f"{limit} per {window:g} s"
+                    )
+        if not needs:
+            return Token(key, None, 0.0)
+        me: _Waiter | None = None
+        waiting: list[_Log] = []  # the logs ``me`` is entered in
+        start: float | None = None
+        try:
+            while True:
+                with self._lock:
+                    now = self._clock()
+                    if start is None:
+                        start = now
+                    if now >= self._next_sweep:
+                        self._sweep(now)
+                    wait, binding = 0.0, needs[0][0]
+                    logs: list[_Log] = []
+                    lacking: list[_Log] = []  # the buckets without room for this call
+                    for name, (windows, horizon), cost in needs:
+                        log = self._logs.get(name)
+                        if log is None:
+                            log = self._logs[name] = _Log()
+                        logs.append(log)
+                        need = self._wait(log, windows, horizon, cost, now)
+                        if need > 0:
+                            lacking.append(log)
+                        if need > wait:
+                            wait, binding = need, name
+                    if me is None:
+                        me = _Waiter(priority, start)
+                    if any(log.waiters for log in logs):
+                        wake = _outranked(logs, me, now)
+                        if wake is not None:
+                            # Look again just after the call ahead should have taken.
+                            wait = max(wait, wake - now + _YIELD, _YIELD)
+                    if wait <= 0:
+                        handle = tuple(
+                            (name, log, cost)
+                            for (name, _, cost), log in zip(needs, logs, strict=True)
+                        )
+                        token = Token(key, handle, now - start)
+                        for _, log, cost in handle:
+                            log.pending[token] = cost
+                        return token
+                    # A waiter of the buckets lacking room only: one with room is not
+                    # held back for this call while it waits for another.
+                    me.wake = now + wait
+                    for log in [w for w in waiting if w not in lacking]:
+                        del log.waiters[me]
+                        waiting.remove(log)
+                    for log in lacking:
+                        if me not in log.waiters:
+                            log.waiters[me] = None
+                            waiting.append(log)
+                if deadline is not None and now + wait > deadline:
+                    raise RateLimitExceeded(
+                        f"no rate-limit token for {binding} within max_wait (next in {wait:.3f} s)",
+                        key=binding,
+                        retry_after=wait,
+                    )
+                self.sleep(wait)
+        finally:
+            if waiting:
+                with self._lock:
+                    for log in waiting:
+                        log.waiters.pop(me, None)  # type: ignore[arg-type]
+
+    def _seconds(
+        self, windows: tuple[tuple[int, int], ...]
+    ) -> tuple[tuple[tuple[int, float], ...], float]:
+        """``(limit, seconds)`` windows, each longer by the margin, and the longest of
+        them (cached per route)."""
+        found = self._converted.get(windows)
+        if found is None:
+            margin = self._margin_ms
+            seconds = tuple((limit, (ms + margin) / 1000) for limit, ms in windows)
+            found = (seconds, max(window for _, window in seconds))
+            if len(self._converted) < 4096:
+                self._converted[windows] = found
+        return found
+
+    def _wait(
+        self,
+        log: _Log,
+        windows: tuple[tuple[int, float], ...],
+        horizon: float,
+        cost: int,
+        now: float,
+    ) -> float:
+        """Seconds until every window of ``log`` (the longest ``horizon``) has room for
+        ``cost`` at ``now`` (0: room now)."""
+        log.horizon = horizon
+        if log.dates and log.dates[0] <= now - horizon:
+            log.trim(now - horizon)
         dates = log.dates
-        cut = bisect.bisect_right(dates, now - self._horizon)
-        if cut:
-            del dates[:cut]
-        in_flight: list[float] = []
+        flying: list[tuple[float, int]] = []
         if log.pending:
             arrival = self.arrival
-            in_flight = sorted(now if t.sent is None else t.sent + arrival for t in log.pending)
+            flying = sorted(
+                (now if t.sent is None else t.sent + arrival, weight)
+                for t, weight in log.pending.items()
+            )
         wait = 0.0
-        for limit, window in self._windows:
+        for limit, window in windows:
             low = now - window
             first = bisect.bisect_right(dates, low)
-            flying = [d for d in in_flight if d > low] if in_flight else in_flight
-            over = len(dates) - first + len(flying) - limit
-            if over >= 0:
-                # The over-th oldest date in the window must leave it first.
-                oldest = sorted(dates[first : first + over + 1] + flying)[over]
-                wait = max(wait, oldest + window - now, 1e-6)
+            before = log.total_before(first)
+            used = (log.cum[-1] - before) if dates else 0
+            fly = [f for f in flying if f[0] > low] if flying else flying
+            used += sum(weight for _, weight in fly)
+            over = used + cost - limit
+            if over > 0:
+                # The oldest tokens in the window, ``over`` of them, must leave it first.
+                wait = max(wait, _reached(log, first, before, fly, over) + window - now, 1e-6)
         return wait
 
     def settle(self, token: Token) -> None:
@@ -307,17 +569,32 @@ class KeyedLimiter:
         way at or after the server's count, so our windows stay at or behind the
         server's.
         """
-        log: _Log | None = token.handle
-        if log is None:
+        handle: tuple[tuple[str, _Log, int], ...] | None = token.handle
+        if handle is None:
             return
         date = self._times.date(token, self.arrival, self._clock())
         with self._lock:
-            if log.pending.pop(token, 0) is None:
-                dates = log.dates
-                if not dates or date >= dates[-1]:
-                    dates.append(date)
-                else:
-                    bisect.insort(dates, date)
+            token.dated = date
+            for _, log, _ in handle:
+                weight = log.pending.pop(token, None)
+                if weight is not None:
+                    log.add(date, weight)
+
+    def correct(self, token: Token, key: str, cost: int) -> None:
+        """Make ``token``'s charge on ``key`` cost ``cost`` (see :meth:`Limiter.correct`)."""
+        handle: tuple[tuple[str, _Log, int], ...] | None = token.handle
+        if handle is None:
+            return
+        with self._lock:
+            for index, (name, log, old) in enumerate(handle):
+                if name != key or old == cost:
+                    continue
+                if token in log.pending:
+                    log.pending[token] = cost
+                elif token.dated is None or not log.change(token.dated, old, cost):
+                    return  # gone from every window already
+                token.handle = (*handle[:index], (name, log, cost), *handle[index + 1 :])
+                return
 
     def record(self, key: str) -> None:
         """Count a token for ``key`` taken now elsewhere (a shared backend), even past the
@@ -331,15 +608,17 @@ class KeyedLimiter:
             log = self._logs.get(key)
             if log is None:
                 log = self._logs[key] = _Log()
-            dates = log.dates
-            cut = bisect.bisect_right(dates, now - self._horizon)  # no window counts them
-            if cut:
-                del dates[:cut]
-            bisect.insort(dates, now)
+            log.horizon = self._horizon
+            log.trim(now - self._horizon)  # no window counts them
+            log.add(now, 1)
 
     def _sweep(self, now: float) -> None:
         for key, log in list(self._logs.items()):
-            if not log.pending and (not log.dates or log.dates[-1] <= now - self._horizon):
+            if (
+                not log.pending
+                and not log.waiters
+                and (not log.dates or log.dates[-1] <= now - log.horizon)
+            ):
                 del self._logs[key]
         for key, until in list(self._paused.items()):
             if until <= now:
@@ -354,12 +633,22 @@ class KeyedLimiter:
         older than the longest old window are gone: a longer new window starts with
         what the old one kept.)
         """
-        margin_ms = int(margin * 1000)
-        new = [Rate(r.limit, r.interval + margin_ms) for r in rates]
         with self._lock:
-            self.rates = new
-            self._windows = [(r.limit, r.interval / 1000) for r in new]
-            self._horizon = max((w for _, w in self._windows), default=0.0)
+            self._set(rates, margin)
+
+    def _set(self, rates: list[Rate], margin: float) -> None:
+        """Set the session-wide rates (under ``_lock``, or in ``__init__``)."""
+        margin_ms = int(margin * 1000)
+        self._margin_ms = margin_ms
+        # Windows as (limit, ms) -> as (limit, seconds) with the margin; read without
+        # the lock (a dict lookup or store is atomic), cleared when the margin changes.
+        self._converted: dict[
+            tuple[tuple[int, int], ...], tuple[tuple[tuple[int, float], ...], float]
+        ] = {}
+        self._ms = tuple((r.limit, r.interval) for r in rates)
+        self.rates = [Rate(r.limit, r.interval + margin_ms) for r in rates]
+        self._windows = tuple((r.limit, r.interval / 1000) for r in self.rates)
+        self._horizon = max((window for _, window in self._windows), default=0.0)
 
     def bucket_count(self) -> int:
         """Number of keys with a live log (for tests and stats)."""

@@ -27,6 +27,31 @@ def check_max_wait(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def is_count(value: Any) -> bool:
+    """A whole number (an int, not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_cost(value: Any, what: str = "cost") -> int:
+    """A cost as given by a call or a route's function: a whole number >= 0.
+
+    :raises ValueError: naming the value otherwise.
+    """
+    if not is_count(value) or value < 0:
+        raise ValueError(f"{what} must be a whole number >= 0, not {value!r}")
+    return int(value)
+
+
+def check_priority(value: Any) -> int:
+    """A call's priority: a whole number from -10**6 to 10**6.
+
+    :raises ValueError: naming the value otherwise.
+    """
+    if not is_count(value) or not -(10**6) <= value <= 10**6:
+        raise ValueError(f"priority must be a whole number (-10**6 to 10**6), not {value!r}")
+    return int(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class CallOptions:
     """The settings one call runs under: the session's, with the call's own overrides.
@@ -38,10 +63,14 @@ class CallOptions:
     :ivar retry: the call's retries, backoff, retried statuses and deadline. The retry
         budget and the handling of server-requested pauses stay the session's.
     :ivar max_wait: longest each attempt waits for a slot and a token.
+    :ivar cost: tokens each attempt takes (routes with a cost of their own charge that).
+    :ivar priority: higher takes a free token ahead of waiting lower ones.
     """
 
     retry: RetryPolicy
     max_wait: float | None
+    cost: int = 1
+    priority: int = 0
 
 
 #: The keywords a call may pass for itself, each with the check that turns it into
@@ -49,6 +78,8 @@ class CallOptions:
 OVERRIDES: dict[str, Callable[[Any], Any]] = {
     "retry": RetryPolicy.coerce,
     "max_wait": check_max_wait,
+    "cost": check_cost,
+    "priority": check_priority,
 }
 
 

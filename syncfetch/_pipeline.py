@@ -11,7 +11,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from requests import PreparedRequest, Response
@@ -28,7 +28,7 @@ from ._budget import BudgetTracker
 from ._events import MIN_WAIT, Event, Hub, redacted
 from ._exceptions import DeadlineExceeded, RateLimitExceeded, SessionClosed
 from ._feedback import COOLDOWN_STATUSES, is_throttle, server_wait
-from ._limiter import Limiter, Token
+from ._limiter import Charge, Limiter, Token
 from ._options import CallOptions
 from ._redact import safe_url
 from ._retry import (
@@ -41,6 +41,9 @@ from ._retry import (
 from ._slots import Lease, Permits, Slots
 from ._stats import StatsRecorder
 from ._wire import SENDING
+
+if TYPE_CHECKING:
+    from ._routes import RouteTable
 
 log = logging.getLogger("syncfetch")
 
@@ -65,6 +68,10 @@ class Call:
     id: int = 0
     #: The call's settings (the session's with its overrides); None: the pipeline's.
     options: CallOptions | None = None
+    #: Tokens each attempt takes (``cost=`` of the call; routes may charge their own).
+    cost: int = 1
+    #: ``priority=`` of the call: higher takes a free token ahead of waiting lower ones.
+    priority: int = 0
 
 
 #: The call being sent on this thread; redirect hops find their call's deadline here.
@@ -193,8 +200,14 @@ class Pipeline:
         stats: StatsRecorder,
         rate_limit_headers: bool = True,
         adaptive: AdaptiveLimiter | None = None,
+        routes: RouteTable | None = None,
+        windows: tuple[tuple[int, int], ...] = (),
     ) -> None:
         self.policy = policy
+        #: Limits per route (None: the limiter's own rates, one bucket per key).
+        self.routes = routes
+        #: The session-wide rates as (limit, ms), for calls costing other than 1.
+        self.windows = windows
         self.adaptive = adaptive
         self.rate_limit_headers = rate_limit_headers
         self.budget = BudgetTracker(policy.budget) if policy.budget is not None else None
@@ -259,9 +272,20 @@ class Pipeline:
             self._sleep(seconds)
 
     def _wait_out_pause(
-        self, key: str, limit: float | None, request: PreparedRequest | None
+        self,
+        key: str,
+        limit: float | None,
+        request: PreparedRequest | None,
+        charges: list[Charge] | None = None,
     ) -> None:
         paused = self.limiter.paused_for(key, limit)
+        if charges:
+            # A pause of any route the call pays (its origin's or a more specific one).
+            for charge in charges:
+                if charge.key != key:
+                    route_paused = self.limiter.paused_for(charge.key, limit)
+                    if route_paused > paused:
+                        paused, key = route_paused, charge.key
         if paused <= 0:
             return
         if paused > self.policy.retry_after_max or (
@@ -293,6 +317,7 @@ class Pipeline:
         deadline: float | None,
         request: PreparedRequest | None = None,
         options: CallOptions | None = None,
+        charges: list[Charge] | None = None,
     ) -> tuple[Permits, Token, float, dict[str, float]]:
         """Wait out a pause, then take a slot, wait for the adaptive pace, take a token.
 
@@ -312,7 +337,7 @@ class Pipeline:
         # A pause that begins while this call waits for its slot or token does not stop
         # it: going back to wait would waste the token it holds (a window's worth, with
         # many threads waiting), which costs more than the one refusal it may collect.
-        self._wait_out_pause(key, limit, request)
+        self._wait_out_pause(key, limit, request, charges)
         before_slot = time.monotonic()
         slot = self.slots.acquire(None if limit is None else limit - before_slot, key, closing)
         got_slot = time.monotonic()
@@ -320,7 +345,12 @@ class Pipeline:
             paced = 0.0
             if self.adaptive is not None:
                 paced, _ = self.adaptive.acquire(key, limit)
-            token = self.limiter.acquire(key, limit)
+            if charges is None:
+                token = self.limiter.acquire(key, limit)
+            else:  # all or nothing: no route's tokens are held while another's are awaited
+                call = CURRENT_CALL.get()
+                priority = call.priority if call is not None else 0
+                token = self.limiter.take(key, charges, limit, priority)
             # A wait may have ended just as close() ran: nothing is sent after that.
             if closing.is_set():
                 raise SessionClosed("the session was closed while this call waited")
@@ -340,6 +370,7 @@ class Pipeline:
         options = call.options if call is not None and call.options is not None else self.options
         policy = options.retry
         key = bucket_key(request.url, self.per_host)
+        charges = self._charges(request, key, call)
         stream = bool(kwargs.get("stream"))
         timeout = kwargs.pop("timeout", None)
         if deadline is not None and not isinstance(timeout, (Urllib3Timeout, type(None))):
@@ -359,7 +390,7 @@ class Pipeline:
                     raise DeadlineExceeded(
                         f"deadline of {policy.deadline} s passed", request=request
                     )
-                slot, token, sent_at, counts = self._admit(key, deadline, request, options)
+                slot, token, sent_at, counts = self._admit(key, deadline, request, options, charges)
             except RequestException as exc:
                 self.stats.add(
                     key,
@@ -401,6 +432,7 @@ class Pipeline:
                     stream,
                     kwargs,
                     policy,
+                    charges,
                 )
             except RequestException as exc:
                 if isinstance(exc, DeadlineExceeded):
@@ -453,6 +485,34 @@ class Pipeline:
                 )
             last = outcome
 
+    def _charges(
+        self, request: PreparedRequest, key: str, call: Call | None
+    ) -> list[Charge] | None:
+        """What each attempt of ``request`` pays: None for one token of ``key`` on the
+        limiter's own rates (the common case), else every route's cost.
+
+        :raises ValueError: when a route's cost function returns no whole number >= 0.
+        """
+        cost = call.cost if call is not None else 1
+        if self.routes is not None:
+            return self.routes.match(request, cost, self.per_host)
+        if cost == 1 and (call is None or call.priority == 0):
+            return None
+        return [Charge(key, self.windows, cost)]
+
+    def _correct(self, charges: list[Charge], token: Token, resp: Response, read: bool) -> None:
+        """Correct each route's charge by what the response says it cost (``settle``,
+        ``free`` statuses)."""
+        from ._routes import corrected  # here: _routes imports this module
+
+        for charge in charges:
+            route = charge.route
+            if route is None or not (route.free or route.settle is not None):
+                continue
+            cost = corrected(route, resp, charge.cost, read)
+            if cost != charge.cost:
+                self.limiter.correct(token, charge.key, cost)
+
     def _retryable(self, resp: Response, policy: RetryPolicy) -> bool:
         statuses = policy.statuses
         return resp.status_code in statuses or (
@@ -473,6 +533,7 @@ class Pipeline:
         stream: bool,
         kwargs: dict[str, Any],
         policy: RetryPolicy,
+        charges: list[Charge] | None,
     ) -> Response:
         """One attempt on the wire, holding ``slot``; the slot is given back on every path.
 
@@ -495,7 +556,8 @@ class Pipeline:
                     self.limiter.settle(token)
             resp._syncfetch_wire_time = time.monotonic() - started  # type: ignore[attr-defined]
             try:
-                self._listen(key, resp, request)
+                # Server feedback pauses the most specific route the request paid.
+                self._listen(charges[-1].key if charges else key, resp, request)
                 if not stream:
                     try:
                         read_body(resp, deadline, _read_timeout(attempt_timeout))
@@ -508,6 +570,8 @@ class Pipeline:
             except BaseException:
                 resp.close()
                 raise
+            if charges:
+                self._correct(charges, token, resp, not stream)
             status = resp.status_code
             throttled = is_throttle(status, resp.headers)
             if self.adaptive is not None:

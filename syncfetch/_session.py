@@ -40,6 +40,7 @@ from ._progress import track
 from ._rates import LimitsArg, normalize_limits
 from ._result import Result
 from ._retry import RetryPolicy
+from ._routes import RouteTable
 from ._slots import Slots
 from ._stats import Stats, StatsRecorder
 from ._wire import TimedAdapter
@@ -109,11 +110,15 @@ def _check_call_timeout(timeout: Any) -> None:
         _timeout_pair(timeout)
 
 
-def _check_limits(limits: Any) -> list[Rate]:
+def _check_limits(limits: Any) -> list[Rate] | RouteTable:
+    if isinstance(limits, RouteTable):
+        return limits
+    if isinstance(limits, Mapping):
+        return RouteTable(limits)
     if limits is not None and not isinstance(limits, (str, Rate, Iterable)):
         raise TypeError(
-            'limits must be None, a rate such as "10/second", a pyrate_limiter.Rate or a list '
-            f"of them, not {limits!r}"
+            'limits must be None, a rate such as "10/second", a pyrate_limiter.Rate, a list '
+            f"of them, or a mapping of route patterns to them, not {limits!r}"
         )
     return normalize_limits(limits)
 
@@ -293,8 +298,12 @@ class Session(requests.Session):
     rate-limit token; retryable failures are retried with backoff, holding no slot
     while they wait.
 
-    :param limits: ``"10/second"``, a :class:`pyrate_limiter.Rate`, or a list of them;
-        ``None`` for no rate limit. Rates that another rate already implies are dropped.
+    :param limits: ``"10/second"``, a :class:`pyrate_limiter.Rate`, or a list of them
+        (the same limits for every host); ``None`` for no rate limit. Rates that another
+        rate already implies are dropped. Or a mapping of route patterns to limits (or
+        :class:`Route` values), ``{"*": "10/second", "https://api.github.com/search/":
+        "30/minute"}``: a call pays its origin's route and every more specific one, all
+        or nothing (see the limits page); for now with the memory store only.
     :param per_host: one bucket per ``scheme://host:port`` (``True``) or one for the
         whole session (``False``).
     :param max_concurrency: attempts in flight at once across all threads; also the
@@ -348,7 +357,7 @@ class Session(requests.Session):
     ]
 
     # The settings, as checked and stored (assigning one goes through __setattr__).
-    limits: list[Rate]
+    limits: list[Rate] | RouteTable
     per_host: bool
     max_concurrency: int
     retry: RetryPolicy
@@ -458,8 +467,12 @@ class Session(requests.Session):
         super().__delattr__(name)
 
     def __repr__(self) -> str:
+        limits = self.limits
+        shown = (
+            limits.mapping if isinstance(limits, RouteTable) else [_rate_text(r) for r in limits]
+        )
         parts = [
-            f"limits={[_rate_text(r) for r in self.limits]!r}",
+            f"limits={shown!r}",
             f"per_host={self.per_host!r}",
             f"max_concurrency={self.max_concurrency!r}",
             f"retry={self.retry!r}",
@@ -504,9 +517,15 @@ class Session(requests.Session):
         return TimedAdapter(pool_maxsize=self.max_concurrency, max_retries=0)
 
     def _make_limiter(self) -> Limiter:
+        routes = isinstance(self.limits, RouteTable)
+        if routes and not (self.store is None or self.store == "memory"):
+            raise ValueError(
+                "limits per route need the memory store for now, not store="
+                f"{_store_text(self.store)}: give a shared store one set of limits"
+            )
         return make_limiter(
             self.store,
-            self.limits,
+            [] if isinstance(self.limits, RouteTable) else self.limits,
             margin=DEFAULT_MARGIN,
             on_backend_error=self.on_backend_error,
             # (getattr: a session pickled before arrival_margin existed)
@@ -525,12 +544,17 @@ class Session(requests.Session):
             stats=stats,
             rate_limit_headers=self.rate_limit_headers,
             adaptive=adaptive,
+            routes=self.limits if isinstance(self.limits, RouteTable) else None,
+            windows=_windows(self.limits),
         )
 
     def _make_adaptive(self) -> AdaptiveLimiter | None:
         if self.adaptive is None:
             return None
-        return AdaptiveLimiter(self.adaptive, ceiling=_ceiling(self.limits))
+        limits = self.limits
+        # With routes, no one ceiling: each route's own limits still bind.
+        ceiling = None if isinstance(limits, RouteTable) else _ceiling(limits)
+        return AdaptiveLimiter(self.adaptive, ceiling=ceiling)
 
     def _build_pipeline(self) -> None:
         self._gated: dict[int, tuple[BaseAdapter, _GatedAdapter]] = {}
@@ -572,7 +596,8 @@ class Session(requests.Session):
                 # In memory: changed in place, so no token is taken outside the new
                 # rates, even by calls that started on the old pipeline.
                 if changed == "limits":
-                    limiter.set_rates(self.limits, margin=DEFAULT_MARGIN)
+                    rates = [] if isinstance(self.limits, RouteTable) else self.limits
+                    limiter.set_rates(rates, margin=DEFAULT_MARGIN)
                 elif changed == "arrival_margin":
                     limiter.arrival = self.arrival_margin
             elif changed in _LIMITER_SETTINGS:
@@ -757,22 +782,38 @@ class Session(requests.Session):
         *,
         retry: RetryPolicy | int | None = UNSET,
         max_wait: float | None = UNSET,
+        cost: int = UNSET,
+        priority: int = UNSET,
     ) -> Response:
         """Like :meth:`requests.Session.request`; a call passing no ``timeout`` gets the session's.
 
         ``retry``, ``max_wait`` and ``timeout`` given here apply to this call alone (its
         redirect hops and retries included), in the forms the session takes them.
 
+        :param cost: tokens each attempt of this call takes (GraphQL points, weights):
+            a whole number >= 0, 1 when not given; 0 takes none. Routes with a cost of
+            their own charge that instead (:class:`Route`).
+        :param priority: a whole number, 0 by default: while a call of a higher
+            priority waits for a bucket, lower ones do not take from it; a waiting
+            call's priority rises by one every 10 s (``AGING``), so none starves. Calls
+            of one priority never hold each other back. In this process only (the
+            shared backends ignore it for now).
+
         :returns: the response (after retries, the last one).
         :raises RateLimitExceeded: when ``max_wait`` runs out before a slot or token.
-        :raises ValueError: or TypeError, for a bad ``retry``, ``max_wait`` or
-            ``timeout``, naming it, before anything is sent.
+        :raises ValueError: or TypeError, for a bad ``retry``, ``max_wait``,
+            ``timeout``, ``cost`` or ``priority``, naming it, before anything is sent;
+            for a ``cost`` larger than a limit it would pay (no window could hold it).
         """
         given: dict[str, Any] = {}
         if retry is not UNSET:
             given["retry"] = retry
         if max_wait is not UNSET:
             given["max_wait"] = max_wait
+        if cost is not UNSET:
+            given["cost"] = cost
+        if priority is not UNSET:
+            given["priority"] = priority
         overrides = check_overrides(given)
         if timeout is not UNSET:
             _check_call_timeout(timeout)
@@ -851,7 +892,11 @@ class Session(requests.Session):
         options = resolve(self._pipeline.options, overrides)
         deadline = options.retry.deadline
         return Call(
-            self, None if deadline is None else time.monotonic() + deadline, options=options
+            self,
+            None if deadline is None else time.monotonic() + deadline,
+            options=options,
+            cost=options.cost,
+            priority=options.priority,
         )
 
     def get_adapter(self, url: str) -> BaseAdapter:
@@ -988,6 +1033,13 @@ def _merge(item: Request, kwargs: dict[str, Any]) -> dict[str, Any]:
     if any(item.hooks.values()):
         merged["hooks"] = item.hooks
     return merged
+
+
+def _windows(limits: list[Rate] | RouteTable) -> tuple[tuple[int, int], ...]:
+    """The session-wide rates as ``(limit, ms)`` (none with routes: each has its own)."""
+    if isinstance(limits, RouteTable):
+        return ()
+    return tuple((r.limit, r.interval) for r in limits)
 
 
 def _ceiling(rates: list[Rate]) -> float | None:

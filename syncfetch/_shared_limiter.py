@@ -12,14 +12,21 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from pyrate_limiter import Rate
 from requests.exceptions import RequestException
 
 from ._exceptions import BackendUnavailable, RateLimitExceeded
-from ._limiter import DEFAULT_ARRIVAL, KeyedLimiter, ResponseTimes, Token, pause_seconds
+from ._limiter import (
+    DEFAULT_ARRIVAL,
+    Charge,
+    KeyedLimiter,
+    ResponseTimes,
+    Token,
+    pause_seconds,
+)
 
 log = logging.getLogger("syncfetch")
 T = TypeVar("T")
@@ -154,6 +161,31 @@ class SharedLimiter:
             if backend_token is not None:
                 return backend_token
         raise AssertionError("unreachable: the last round always returns a token")
+
+    def take(
+        self, key: str, charges: Sequence[Charge], deadline: float | None, priority: int = 0
+    ) -> Token:
+        """Not shared yet: only a call paying nothing, or one token of ``key`` under this
+        limiter's own rates (what :meth:`acquire` takes); ``priority`` is ignored.
+
+        Routes and costs need the atomic multi-key take that :meth:`Limiter.take`
+        describes (one transaction in SQLite, one Lua script in Redis); until then
+        ``Session`` refuses a route mapping with a shared backend, and this refuses the
+        rest with ``ValueError``.
+        """
+        paying = [c for c in charges if c.cost and c.windows]
+        if not paying:
+            return Token(key, None, 0.0)
+        if len(paying) == 1 and paying[0].cost == 1 and paying[0].key == key:
+            return self.acquire(key, deadline)
+        raise ValueError(
+            f"costs and routes need the memory backend for now, not {self.name} "
+            f"(asked: {[(c.key, c.cost) for c in paying]!r})"
+        )
+
+    def correct(self, token: Token, key: str, cost: int) -> None:
+        """Nothing to correct: costs other than one token per call are not shared yet
+        (see :meth:`take`)."""
 
     def _backend_acquire(
         self, key: str, deadline: float | None, start: float, last_round: bool
