@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import syncfetch
@@ -218,6 +218,7 @@ amounts = st.integers(min_value=1, max_value=5)
 
 @settings(max_examples=200, deadline=None)
 @given(arrival_gaps, st.integers(1, 10), st.sampled_from([0.5, 1.0, 2.0]), amounts)
+@example([0.0993, 0.5], 1, 0.5, 1)  # rounding: 0.0993 + 0.5 == 0.5993 - ulp (found by hypothesis)
 def test_a_sliding_window_never_admits_more_than_its_count(
     gaps: list[float], count: int, seconds: float, amount: int
 ) -> None:

@@ -87,7 +87,9 @@ class Meter:
                 continue  # no longer counted
             freed -= taken
             if freed <= 0:
-                return max(0.0, at + w.seconds - self._slack - now)
+                # Still counted, so the wait is > 0 even where rounding makes
+                # at + seconds equal now (0.0993 + 0.5 == 0.5992999999999999).
+                return max(1e-9, at + w.seconds - self._slack - now)
         return w.seconds  # pragma: no cover - the log holds more than is missing
 
     def take(self, now: float, amount: float) -> None:
