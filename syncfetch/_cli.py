@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
+import json
 import logging
 import math
 import os
@@ -20,6 +22,7 @@ from ._demo import add_demo_arguments, demo_main
 from ._progress import LineHandler, ProgressLine
 from ._rates import normalize_limits, parse_rate
 from ._retry import RetryPolicy
+from ._routes import RouteTable
 from ._shard import add_merge_arguments, add_shard_arguments, merge_main, shard_total
 
 log = logging.getLogger("syncfetch")
@@ -145,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_rate,
         help="limit per host such as 10/s, 600/min or 100/10s (repeatable). "
         "Default: NO LIMIT (only --concurrency bounds the load; a warning says so)",
+    )
+    add(
+        "--limits",
+        metavar="FILE",
+        help="limits per route from a JSON or TOML file (.toml): a table of route "
+        'patterns to limits, such as {"*": "10/s", "https://api.example.com/search/": '
+        '"30/min"} (see the limits page). Not with --rate; runs alone (the memory store)',
     )
     add(
         "--concurrency",
@@ -303,6 +313,36 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
+def load_routes(path: str) -> RouteTable:
+    """The route table in ``path``: JSON, or TOML when the name ends in ``.toml``.
+
+    :raises ValueError: naming what is wrong (unreadable file, bad syntax, a bad
+        pattern or limit).
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ValueError(f"cannot read it: {exc.strerror}") from None
+    if path.lower().endswith(".toml"):
+        try:
+            tomllib: Any = importlib.import_module("tomllib")
+        except ImportError:  # Python 3.10
+            raise ValueError("TOML needs Python 3.11 or later: give the routes as JSON") from None
+        try:
+            mapping: Any = tomllib.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ValueError(f"not TOML: {exc}") from None
+    else:
+        try:
+            mapping = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(mapping, dict) or not mapping:
+        raise ValueError("expected a table of route patterns to limits")
+    return RouteTable(mapping)
+
+
 def _usage(message: str) -> int:
     print(f"syncfetch: error: {message}", file=sys.stderr)
     return 2
@@ -321,6 +361,15 @@ def fetch_main(args: argparse.Namespace) -> int:
         normalize_limits(args.rate)
     except ValueError as exc:
         return _usage(f"--rate: {exc}")
+    if args.limits is not None:
+        if args.rate:
+            return _usage("--limits and --rate cannot be used together (put the rates in FILE)")
+        try:
+            args.routes = load_routes(args.limits)
+        except ValueError as exc:
+            return _usage(f"--limits {args.limits}: {exc}")
+    else:
+        args.routes = None
     tty = sys.stderr.isatty()
     line = ProgressLine(sys.stderr, enabled=args.progress or (tty and not args.quiet), tty=tty)
     level = logging.ERROR if args.quiet else logging.INFO if args.verbose else logging.WARNING
@@ -349,12 +398,12 @@ def _fetch_from(args: argparse.Namespace, line: ProgressLine, source: IO[bytes])
     if args.store is not None:
         store = args.store
     elif args.no_state or not args.rate:
-        store = "memory"
+        store = "memory"  # (--limits: routes are kept in memory for now)
     else:
         store = _state_store()
     try:
         session = BatchSession(
-            args.rate or None,
+            args.routes or args.rate or None,
             max_concurrency=args.concurrency,
             retry=RetryPolicy(retries=args.retries),
             timeout=args.timeout,
@@ -372,7 +421,7 @@ def _fetch_from(args: argparse.Namespace, line: ProgressLine, source: IO[bytes])
                 out, tally.previous = open_output(args.output, args.resume)
             except OutputBusy as exc:
                 return _usage(str(exc))
-            if not args.rate:
+            if not args.rate and args.routes is None:
                 log.warning(
                     "syncfetch: no --rate given: requests are not rate limited "
                     "(at most %d in flight)",

@@ -579,3 +579,58 @@ def test_back_to_back_and_parallel_runs_share_the_window(tmp_path: Path) -> None
         arrivals = provider.stop()
     assert len(arrivals) == 4 * n
     assert [a for a in arrivals if a.status == 429] == []
+
+
+def _route_file(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", ["json", "toml"])
+def test_limits_file_limits_each_route(server: ScriptedServer, tmp_path: Path, kind: str) -> None:
+    origin = server.url.rstrip("/")
+    if kind == "json":
+        text = json.dumps({"*": "100/s", f"{origin}/slow/": "3/s"})
+    else:
+        text = f'"*" = "100/s"\n"{origin}/slow/" = ["3/s"]\n'
+    routes = _route_file(tmp_path, f"routes.{kind}", text)
+    src = tmp_path / "in.txt"
+    src.write_text(
+        "".join(f"{server.url_for(f'/slow/{n}')}\n" for n in range(9))
+        + "".join(f"{server.url_for(f'/fast/{n}')}\n" for n in range(6))
+    )
+    proc = fetch(str(src), "-o", str(tmp_path / "o"), "--limits", routes, "-q")
+    assert proc.returncode == 0, proc.stderr
+    slow = sorted(r.t for r in server.records if r.path.startswith("/slow/"))
+    fast = sorted(r.t for r in server.records if r.path.startswith("/fast/"))
+    assert len(slow) == 9 and len(fast) == 6
+    # 3 per second: three rounds, a second apart (the in-process server may stamp late,
+    # so windows are checked a little shorter than a second).
+    assert slow[-1] - slow[0] >= 1.8
+    assert max(sum(1 for u in slow if t - 0.9 < u <= t) for t in slow) <= 3
+    assert fast[-1] - fast[0] < 1.0  # the 100/s route does not hold them back
+
+
+def test_limits_file_errors_name_the_flag(tmp_path: Path) -> None:
+    src = tmp_path / "in.txt"
+    src.write_text("http://127.0.0.1:9/a\n")
+    out = str(tmp_path / "o")
+    missing = str(tmp_path / "nope.json")
+    proc = fetch(str(src), "-o", out, "--limits", missing)
+    assert proc.returncode == 2 and f"--limits {missing}: cannot read it" in proc.stderr
+    bad = _route_file(tmp_path, "bad.json", json.dumps({"api.example.com/x": "1/s"}))
+    proc = fetch(str(src), "-o", out, "--limits", bad)
+    assert (
+        proc.returncode == 2 and "'api.example.com/x'" in proc.stderr and "--limits" in proc.stderr
+    )
+    for text in ("{not json", "[]", "{}"):
+        proc = fetch(str(src), "-o", out, "--limits", _route_file(tmp_path, "x.json", text))
+        assert proc.returncode == 2 and "--limits" in proc.stderr, proc.stderr
+    proc = fetch(str(src), "-o", out, "--limits", _route_file(tmp_path, "x.toml", "a = ["))
+    assert proc.returncode == 2 and "not TOML" in proc.stderr
+    good = _route_file(tmp_path, "good.json", json.dumps({"*": "1/s"}))
+    proc = fetch(str(src), "-o", out, "--limits", good, "--rate", "1/s")
+    assert proc.returncode == 2 and "cannot be used together" in proc.stderr
+    proc = fetch(str(src), "-o", out, "--limits", good, "--store", f"sqlite:///{tmp_path}/l.db")
+    assert proc.returncode == 2 and "--store" in proc.stderr and "memory store" in proc.stderr
