@@ -27,6 +27,17 @@ T = TypeVar("T")
 # While a shared backend is down, "fallback" limiters probe it at most this often.
 RETRY_BACKEND_EVERY = 1.0
 
+#: Seconds a token taken but not yet settled counts as "now" for every process (its
+#: request may reach the server at any later moment; issue 13). After that it counts as
+#: sent at its take plus this bound, until settled. The bound exists for a process that
+#: dies holding a token (killed, crashed): its token stops blocking its place after this
+#: plus one window. 10 s is over three times the default connect timeout (3.05 s), so it
+#: outlasts the connection set-up (DNS, connect, TLS, a proxy) between a take and its
+#: send; a send later still than that is the one case left uncovered. The price: a
+#: request answered more than a window after its token holds its place up to this much
+#: longer than the in-memory limiter would (which sees the send as it happens).
+UNSETTLED_MAX = 10.0
+
 #: While a caller waits on the backend (acquire, paused_for): the ``time.monotonic()``
 #: by which it must be answered (``math.inf``: no bound). ``None`` outside such a wait
 #: (settle, pause, clean-up), where the backend's own timeouts apply. The backends read
@@ -69,6 +80,8 @@ class SharedLimiter:
     :param on_backend_error: ``"raise"`` or ``"fallback"``.
     :param name: the backend as named in messages (no credentials).
     :param errors: exception types that mean "the backend failed".
+    :param unsettled_max: seconds an unsettled token counts as now (see
+        :data:`UNSETTLED_MAX`).
     """
 
     def __init__(
@@ -80,6 +93,7 @@ class SharedLimiter:
         name: str,
         errors: tuple[type[BaseException], ...],
         arrival: float = DEFAULT_ARRIVAL,
+        unsettled_max: float = UNSETTLED_MAX,
     ) -> None:
         if on_backend_error not in ("raise", "fallback"):
             raise ValueError(
@@ -90,6 +104,8 @@ class SharedLimiter:
         self.name = name
         self.arrival = arrival
         self._times = ResponseTimes()
+        # An unsettled token counts as now until its take plus this (ms).
+        self._unsettled_ms = max(1, math.ceil(unsettled_max * 1000))
         # Kept on the backend's keys beyond the longest window (ms); settle extends
         # the keys' lifetime itself when it dates a token later than that.
         self._settle_cap_ms = math.ceil(arrival * 1000)
@@ -195,8 +211,10 @@ class SharedLimiter:
     def settle(self, token: Token) -> None:
         """Date ``token`` by when its request reached the server (see ``KeyedLimiter.settle``).
 
-        A backend failure here is only logged: the token then keeps its take date, and
-        the response is already in hand.
+        Until then other processes count the token as taken now (up to
+        :data:`UNSETTLED_MAX` after its take). A backend failure here is only logged:
+        the token then counts as now until that bound, then as sent at it; the response
+        is already in hand.
         """
         handle = token.handle
         if handle is None:

@@ -659,3 +659,88 @@ def test_redis_dates_a_token_by_its_send_and_keeps_it_alive(redis_server: RedisS
     assert score is not None and 500 <= score - token.handle.score <= 503
     # The set outlives the re-dated entry's window (about 500 ms later than its take).
     assert ttl > 1000 + 500 - 600 - 50
+
+
+# -- unsettled tokens ----------------------------------------------------------------------
+
+
+def _shared_limiter(kind: str, where: str, **kwargs: Any) -> Any:
+    """A limiter of ``kind`` on ``where`` (a file, or a Redis URL): each call is one
+    more "process" on it (its own connection, no state shared in memory)."""
+    if kind == "sqlite":
+        return SQLiteLimiter(where, [Rate(1, 300)], **kwargs)
+    from syncfetch._redis_limiter import RedisLimiter
+
+    return RedisLimiter(where, [Rate(1, 300)], **kwargs)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """``(kind, where)`` of a shared backend, for :func:`_shared_limiter`."""
+    if request.param == "sqlite":
+        yield "sqlite", str(tmp_path / "l.db")
+        return
+    require_redis()
+    with RedisServer() as srv:
+        yield "redis", srv.url
+
+
+def test_an_unsettled_token_counts_as_now_in_every_process(shared: tuple[str, str]) -> None:
+    # Issue 13: a token whose request has not been sent a window after the take (a slow
+    # connect, a thread starved of the GIL) must still hold its place for the others:
+    # the server will count the request when it arrives, not when the token was taken.
+    a, b = _shared_limiter(*shared), _shared_limiter(*shared)
+    try:
+        token = a.acquire("k", None)
+        time.sleep(0.4)  # longer than the 300 ms window; the request not even sent
+        with pytest.raises(syncfetch.RateLimitExceeded):
+            b.acquire("k", time.monotonic())
+        # Sent now and answered: dated by the send, so still in the window.
+        token.sent = time.monotonic()
+        token.answered = token.sent + 0.001
+        a.settle(token)
+        with pytest.raises(syncfetch.RateLimitExceeded) as info:
+            b.acquire("k", time.monotonic())
+        assert 0.2 < (info.value.retry_after or 0) <= 0.32
+        b.settle(b.acquire("k", time.monotonic() + 1.0))  # free a window after the send
+    finally:
+        a.close()
+        b.close()
+
+
+def _hold_a_token(kind: str, where: str, taken: Any) -> None:
+    """Child process: take a token, report it, and never settle it (killed meanwhile)."""
+    limiter = _shared_limiter(kind, where, unsettled_max=1.0)
+    limiter.acquire("k", None)
+    taken.put(True)
+    time.sleep(60)
+
+
+@pytest.mark.slow
+def test_a_token_of_a_killed_process_stops_counting_after_the_bound(
+    shared: tuple[str, str],
+) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    taken = ctx.Queue()
+    child = ctx.Process(target=_hold_a_token, args=(*shared, taken), daemon=True)
+    child.start()
+    limiter = _shared_limiter(*shared, unsettled_max=1.0)
+    try:
+        assert taken.get(timeout=30)
+        child.kill()
+        child.join(5)
+        # Still counted as now (its request could be on its way)...
+        with pytest.raises(syncfetch.RateLimitExceeded):
+            limiter.acquire("k", time.monotonic())
+        time.sleep(0.35)  # a window after the take: still counted
+        with pytest.raises(syncfetch.RateLimitExceeded):
+            limiter.acquire("k", time.monotonic())
+        # ...but not for ever: free a window after its take + 1 s (here within 1 s).
+        start = time.monotonic()
+        limiter.settle(limiter.acquire("k", start + 5))
+        assert time.monotonic() - start < 3.0
+    finally:
+        if child.is_alive():
+            child.kill()
+            child.join(5)
+        limiter.close()
