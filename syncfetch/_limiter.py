@@ -54,6 +54,8 @@ class Token:
         adapters that do not note it).
     :ivar answered: ``time.monotonic()`` when the response's headers were read, noted
         the same way.
+    :ivar on_sent: called by those connections right after noting ``sent`` (a shared
+        limiter dates the token by its send there, for the other processes).
     """
 
     key: str
@@ -61,6 +63,7 @@ class Token:
     waited: float
     sent: float | None = None
     answered: float | None = None
+    on_sent: Callable[[Token], None] | None = None
 
 
 class Limiter(Protocol):

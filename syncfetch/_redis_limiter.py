@@ -273,14 +273,15 @@ def _bounded(base: type[Any]) -> type[Any]:
     return Bounded
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class _Member:
-    """Handle of a token in a bucket's sorted set."""
+    """Handle of a token in a bucket's sorted set (used by the one thread holding it)."""
 
     zkey: str
     member: str
     score: int  # server time (ms) when taken
     taken_at: float  # time.monotonic() just before the script call that took it
+    dated: int | None = None  # its score since dated by the send (_sent)
 
 
 class RedisLimiter(SharedLimiter):
@@ -443,12 +444,23 @@ class RedisLimiter(SharedLimiter):
                     self.client.zrem(keys[6], waiter)
             raise
 
+    def _sent(self, token: Token) -> None:
+        handle: _Member = token.handle
+        self._date(handle, self._sent_time(token, handle.score, handle.taken_at))
+
     def _settle(self, token: Token) -> None:
         handle: _Member = token.handle
         new = self._settled_time(token, handle.score, handle.taken_at)
+        if handle.dated is not None and new <= handle.dated:
+            return  # dated by its send already; earlier would only free its place sooner
+        self._date(handle, new)
+
+    def _date(self, handle: _Member, new: int) -> None:
+        """Move the token of ``handle`` out of the unsettled, dated ``new`` (server ms)."""
         self._settle_script(
             [handle.zkey, handle.zkey + ":u"], [new, handle.member, self._horizon_ms]
         )
+        handle.dated = new
 
     def _replay(self, ages: list[tuple[str, int]]) -> None:
         ttl = self._horizon_ms + self._settle_cap_ms

@@ -206,7 +206,26 @@ class SharedLimiter:
             self._mark_up()
         if self._fallback is not None:
             self._fallback.record(key)
+        token.on_sent = self.sent
         return token
+
+    def sent(self, token: Token) -> None:
+        """Date ``token`` at its send (``token.sent``) plus ``arrival``, for every process,
+        as soon as the request has left (syncfetch's connections call this through
+        ``token.on_sent``). Until then it counts as now; :meth:`settle` may still date
+        it later (an answer slower than usual). A backend failure is only logged: the
+        token then counts as now until settled.
+        """
+        handle = token.handle
+        if handle is None or token.sent is None:
+            return
+        if isinstance(handle, _FallbackHandle):
+            handle.token.sent = token.sent  # the fallback counts it as sent then too
+            return
+        try:
+            self._sent(token)
+        except self._errors as exc:
+            log.debug("syncfetch: could not date a token by its send on %s: %s", self.name, exc)
 
     def settle(self, token: Token) -> None:
         """Date ``token`` by when its request reached the server (see ``KeyedLimiter.settle``).
@@ -365,7 +384,7 @@ class SharedLimiter:
             outage.append((key, now))
             while outage and (now - outage[0][1]) * 1000 >= self._horizon_ms:
                 outage.popleft()
-        return Token(key, _FallbackHandle(token), now - start)
+        return Token(key, _FallbackHandle(token), now - start, on_sent=self.sent)
 
     def _recover(self) -> None:
         """Write the tokens taken from the fallback within the longest window into the
@@ -426,6 +445,9 @@ class SharedLimiter:
     def _settle(self, token: Token) -> None:
         raise NotImplementedError
 
+    def _sent(self, token: Token) -> None:
+        raise NotImplementedError
+
     def _pause(self, key: str, seconds: float) -> None:
         raise NotImplementedError
 
@@ -446,6 +468,12 @@ class SharedLimiter:
 
     def _close(self) -> None:
         raise NotImplementedError
+
+    def _sent_time(self, token: Token, taken_ms: int, taken_at: float) -> int:
+        """The date of ``token`` at its send: ``token.sent`` plus ``arrival``, on the
+        backend's clock, measured as in :meth:`_settled_time`."""
+        assert token.sent is not None
+        return taken_ms + max(0, math.ceil((token.sent + self.arrival - taken_at) * 1000))
 
     def _settled_time(self, token: Token, taken_ms: int, taken_at: float) -> int:
         """The date of ``token``, taken at ``taken_ms`` on the backend's clock.

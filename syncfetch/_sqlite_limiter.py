@@ -196,13 +196,14 @@ def _file_id(path: str | None) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class _Row:
-    """Handle of a token in ``syncfetch_log``."""
+    """Handle of a token in ``syncfetch_log`` (used by the one thread holding the token)."""
 
     rowid: int
-    ts: int
+    ts: int  # when taken
     taken_at: float  # time.monotonic() when ts was read
+    dated: int | None = None  # the row's ts since dated by the send (_sent)
 
 
 @dataclasses.dataclass
@@ -525,11 +526,12 @@ class SQLiteLimiter(SharedLimiter):
     def _step(self, key: str, ticket: int | None, deadline: float | None) -> _Step:
         """One transaction: take a row if this waiter's turn has come, else queue up."""
         with self._transaction() as conn:
-            now = _wall_ms()
-            # The monotonic twin of now, which settle measures from. (Read after the
-            # INSERT, it could be late by however long this thread then waits for the GIL,
-            # and the settled row dated that much too early.)
+            # The monotonic twin of now, which settle measures from, read just before it:
+            # a thread switch between the two then dates the settled row later, never
+            # earlier than the truth. (Read after the INSERT, it could be late by however
+            # long this thread then waits for the GIL, the row dated that much too early.)
             now_mono = time.monotonic()
+            now = _wall_ms()
             ahead = 0
             if self.fair:
                 conn.execute("DELETE FROM syncfetch_queue WHERE key = ? AND exp <= ?", (key, now))
@@ -633,17 +635,29 @@ class SQLiteLimiter(SharedLimiter):
         finally:
             BACKEND_DEADLINE.reset(bound)
 
+    def _sent(self, token: Token) -> None:
+        row: _Row = token.handle
+        self._date(token, self._sent_time(token, row.ts, row.taken_at))
+
     def _settle(self, token: Token) -> None:
         row: _Row = token.handle
         new = self._settled_time(token, row.ts, row.taken_at)
+        if row.dated is not None and new <= row.dated:
+            return  # dated by its send already; earlier would only free its place sooner
+        self._date(token, new)
+
+    def _date(self, token: Token, new: int) -> None:
+        """Date the row of ``token`` at ``new`` (ms), settled."""
+        row: _Row = token.handle
         with self._lock, self._transaction() as conn:
             # key and ts guard against a rowid reused after the sweep deleted the row.
             # (A row moved by a clock step is not found: it counts as now until its hold.)
             conn.execute(
                 "UPDATE syncfetch_log SET ts = ?, exp = ?, hold = 0"
                 " WHERE id = ? AND key = ? AND ts = ?",
-                (new, new + self._horizon_ms, row.rowid, token.key, row.ts),
+                (new, new + self._horizon_ms, row.rowid, token.key, row.dated or row.ts),
             )
+        row.dated = new
 
     def _replay(self, ages: list[tuple[str, int]]) -> None:
         with self._locked(), self._transaction() as conn:

@@ -744,3 +744,53 @@ def test_a_token_of_a_killed_process_stops_counting_after_the_bound(
             child.kill()
             child.join(5)
         limiter.close()
+
+
+def test_a_token_is_dated_by_its_send_for_every_process_before_the_answer(
+    shared: tuple[str, str],
+) -> None:
+    # Once the request has left, the others count its token from the send (plus the
+    # arrival margin), as the in-memory limiter does, not as now until the answer: a
+    # server slower to answer than the window does not slow the limit down.
+    a, b = _shared_limiter(*shared), _shared_limiter(*shared)
+    try:
+        token = a.acquire("k", None)
+        token.sent = time.monotonic()
+        assert token.on_sent is not None
+        token.on_sent(token)  # what syncfetch's connections do
+        with pytest.raises(syncfetch.RateLimitExceeded):
+            b.acquire("k", time.monotonic())
+        time.sleep(0.4)  # no answer yet, a window after the send
+        b.settle(b.acquire("k", time.monotonic()))
+        token.answered = time.monotonic()
+        a.settle(token)  # the slow answer: dated later by that excess (the first answer)
+        with pytest.raises(syncfetch.RateLimitExceeded):
+            a.acquire("k", time.monotonic())
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.slow
+def test_sessions_sharing_a_file_are_not_slowed_by_a_slow_server(
+    server: ScriptedServer, tmp_path: Path
+) -> None:
+    from tests._server import Step
+
+    server.script("/slow", Step(delay=2.0), Step())
+    backend = sqlite_url(tmp_path)
+    with (
+        syncfetch.Session("1/s", backend=backend) as a,
+        syncfetch.Session("1/s", backend=backend, max_wait=0) as b,
+    ):
+        slow = threading.Thread(target=lambda: a.get(server.url_for("/slow")))
+        slow.start()
+        while not server.records:  # the slow request has arrived
+            time.sleep(0.01)
+        with pytest.raises(syncfetch.RateLimitExceeded):
+            b.get(server.url)
+        time.sleep(1.1)  # a window after its send; its answer not in yet
+        assert slow.is_alive()
+        b.get(server.url)  # not RateLimitExceeded: the slow request counts from its send
+        slow.join()
+    assert server.count(status=429) == 0
