@@ -27,15 +27,15 @@ T = TypeVar("T")
 # While a shared backend is down, "fallback" limiters probe it at most this often.
 RETRY_BACKEND_EVERY = 1.0
 
-#: Seconds a token taken but not yet settled counts as "now" for every process (its
-#: request may reach the server at any later moment; issue 13). After that it counts as
-#: sent at its take plus this bound, until settled. The bound exists for a process that
-#: dies holding a token (killed, crashed): its token stops blocking its place after this
-#: plus one window. 10 s is over three times the default connect timeout (3.05 s), so it
-#: outlasts the connection set-up (DNS, connect, TLS, a proxy) between a take and its
-#: send; a send later still than that is the one case left uncovered. The price: a
-#: request answered more than a window after its token holds its place up to this much
-#: longer than the in-memory limiter would (which sees the send as it happens).
+#: Seconds a token taken but not yet dated (by its send, ``SharedLimiter.sent``, or its
+#: answer, ``settle``) counts as "now" for every process: its request may reach the
+#: server at any later moment (issue 13). After that it counts as sent at its take plus
+#: this bound, until dated. The bound exists for a process that dies holding a token
+#: (killed, crashed): its token stops blocking its place after this plus one window. 10 s
+#: is over three times the default connect timeout (3.05 s), so it outlasts the
+#: connection set-up (DNS, connect, TLS, a proxy) between a take and its send; a send
+#: later still than that is the one case left uncovered. A token whose send is not seen
+#: (a user-mounted adapter) holds its place until its answer, up to this bound.
 UNSETTLED_MAX = 10.0
 
 #: While a caller waits on the backend (acquire, paused_for): the ``time.monotonic()``
