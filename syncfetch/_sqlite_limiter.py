@@ -289,6 +289,10 @@ class SQLiteLimiter(SharedLimiter):
         # guarded by _lock like _conn.
         self._file_id: tuple[int, int] | None = None
         self._check_file_at = 0.0
+        # The clocks as read by the current write transaction (_follow_clock_step), wall
+        # ms and monotonic seconds; guarded by _lock like _conn.
+        self._now = 0
+        self._now_mono = 0.0
 
     def __repr__(self) -> str:
         return f"SQLiteLimiter({self.path!r}, {[str(r) for r in self.rates]})"
@@ -466,11 +470,17 @@ class SQLiteLimiter(SharedLimiter):
         longer waits, never an excess). Off where the boot cannot be identified
         (``_boot_id``). Caller holds ``_lock`` inside a write transaction.
         """
+        # One reading of both clocks for the whole transaction (_now): a step between
+        # this check and a second reading would go unnoticed by the rows yet move "now"
+        # (a forward one: every row would look a step older, and leave its window).
+        # The monotonic one first: see _step.
+        mono = time.monotonic()
+        now = self._now = _wall_ms()
+        self._now_mono = mono
         boot = _boot_id()
         if boot is None:
             return
-        now = _wall_ms()
-        offset = now - math.floor(time.monotonic() * 1000)
+        offset = now - math.floor(mono * 1000)
         known = dict(
             conn.execute(
                 "SELECT name, value FROM syncfetch_meta"
@@ -526,12 +536,12 @@ class SQLiteLimiter(SharedLimiter):
     def _step(self, key: str, ticket: int | None, deadline: float | None) -> _Step:
         """One transaction: take a row if this waiter's turn has come, else queue up."""
         with self._transaction() as conn:
-            # The monotonic twin of now, which settle measures from, read just before it:
+            # The transaction's reading of the clocks (_follow_clock_step). now_mono, the
+            # monotonic twin of now which settle measures from, was read just before now:
             # a thread switch between the two then dates the settled row later, never
             # earlier than the truth. (Read after the INSERT, it could be late by however
             # long this thread then waits for the GIL, the row dated that much too early.)
-            now_mono = time.monotonic()
-            now = _wall_ms()
+            now, now_mono = self._now, self._now_mono
             ahead = 0
             if self.fair:
                 conn.execute("DELETE FROM syncfetch_queue WHERE key = ? AND exp <= ?", (key, now))
@@ -661,7 +671,7 @@ class SQLiteLimiter(SharedLimiter):
 
     def _replay(self, ages: list[tuple[str, int]]) -> None:
         with self._locked(), self._transaction() as conn:
-            now = _wall_ms()
+            now = self._now
             conn.executemany(
                 "INSERT INTO syncfetch_log (key, ts, exp) VALUES (?, ?, ?)",
                 [(key, now - age, now - age + self._horizon_ms) for key, age in ages],
@@ -690,7 +700,7 @@ class SQLiteLimiter(SharedLimiter):
         """Delete expired rows, pauses and tickets, unless another process did so less
         than ``sweep_every`` ago. Caller holds ``_lock``."""
         with self._transaction() as conn:
-            now = _wall_ms()
+            now = self._now
             row = conn.execute(
                 "SELECT value FROM syncfetch_meta WHERE name = 'next_sweep'"
             ).fetchone()
