@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS syncfetch_log (
 );
 CREATE INDEX IF NOT EXISTS syncfetch_log_key_ts ON syncfetch_log (key, ts);
 CREATE INDEX IF NOT EXISTS syncfetch_log_exp ON syncfetch_log (exp);
+CREATE INDEX IF NOT EXISTS syncfetch_log_key_hold ON syncfetch_log (key, hold);
 CREATE TABLE IF NOT EXISTS syncfetch_pause (
     key TEXT PRIMARY KEY,
     until INTEGER NOT NULL
@@ -134,24 +135,20 @@ def _is_busy(exc: sqlite3.Error) -> bool:
 
 
 def _add_hold(conn: sqlite3.Connection) -> None:
-    """Give a token log of an earlier version its ``hold`` column (0: settled, as its
-    rows are to the processes of that version, which ignore the column), and index it."""
+    """Give the token log of a file from an earlier version its ``hold`` column (0:
+    settled, as its rows are to the processes of that version, which ignore the column),
+    before ``_SCHEMA`` indexes it. One read, for a new file or an up-to-date one."""
 
-    def has_hold() -> bool:
-        return any(row[1] == "hold" for row in conn.execute("PRAGMA table_info(syncfetch_log)"))
+    def old() -> bool:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(syncfetch_log)")]
+        return bool(columns) and "hold" not in columns
 
-    if has_hold():
-        conn.execute(
-            "CREATE INDEX IF NOT EXISTS syncfetch_log_key_hold ON syncfetch_log (key, hold)"
-        )
+    if not old():
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
-        if not has_hold():  # another process may have added it meanwhile
+        if old():  # another process may have added it meanwhile
             conn.execute("ALTER TABLE syncfetch_log ADD COLUMN hold INTEGER NOT NULL DEFAULT 0")
-        conn.execute(
-            "CREATE INDEX IF NOT EXISTS syncfetch_log_key_hold ON syncfetch_log (key, hold)"
-        )
     except BaseException:
         conn.execute("ROLLBACK")
         raise
@@ -418,8 +415,8 @@ class SQLiteLimiter(SharedLimiter):
             conn.execute("PRAGMA synchronous = NORMAL")
             # Truncate the WAL file back to 4 MB after each checkpoint.
             conn.execute("PRAGMA journal_size_limit = 4194304")
-            conn.executescript(_SCHEMA)
             _add_hold(conn)
+            conn.executescript(_SCHEMA)
         except BaseException:
             conn.close()
             raise

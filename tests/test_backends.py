@@ -794,3 +794,27 @@ def test_sessions_sharing_a_file_are_not_slowed_by_a_slow_server(
         b.get(server.url)  # not RateLimitExceeded: the slow request counts from its send
         slow.join()
     assert server.count(status=429) == 0
+
+
+def test_sqlite_file_of_an_earlier_version_gets_the_hold_column(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    old.execute("PRAGMA journal_mode = WAL").fetchall()
+    old.execute(
+        "CREATE TABLE syncfetch_log (id INTEGER PRIMARY KEY, key TEXT NOT NULL,"
+        " ts INTEGER NOT NULL, exp INTEGER NOT NULL)"
+    )
+    now = int(time.time() * 1000)
+    old.execute("INSERT INTO syncfetch_log (key, ts, exp) VALUES ('k', ?, ?)", (now, now + 300))
+    limiter = SQLiteLimiter(path, [Rate(1, 300)])
+    try:
+        with pytest.raises(syncfetch.RateLimitExceeded):  # the old row counts
+            limiter.acquire("k", time.monotonic())
+        limiter.settle(limiter.acquire("k", time.monotonic() + 1.0))
+        columns = [row[1] for row in old.execute("PRAGMA table_info(syncfetch_log)")]
+        assert "hold" in columns
+        # A process of the earlier version still inserts as it did.
+        old.execute("INSERT INTO syncfetch_log (key, ts, exp) VALUES ('j', 1, 2)")
+    finally:
+        limiter.close()
+        old.close()
