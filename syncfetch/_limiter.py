@@ -70,6 +70,8 @@ class Token:
     :ivar answered: ``time.monotonic()`` when the response's headers were read, noted
         the same way.
     :ivar dated: the date ``settle`` gave it (in-memory limiter; ``None`` until then).
+    :ivar on_sent: called by those connections right after noting ``sent`` (a shared
+        limiter dates the token by its send there, for the other processes).
     """
 
     key: str
@@ -78,6 +80,7 @@ class Token:
     sent: float | None = None
     answered: float | None = None
     dated: float | None = None
+    on_sent: Callable[[Token], None] | None = None
 
 
 class Limiter(Protocol):

@@ -67,6 +67,10 @@ class RedisClusterLimiter(RedisLimiter):
         with _cluster_errors():
             super()._settle(token)
 
+    def _sent(self, token: Token) -> None:
+        with _cluster_errors():
+            super()._sent(token)
+
     def _pause(self, key: str, seconds: float) -> None:
         with _cluster_errors():
             super()._pause(key, seconds)

@@ -48,15 +48,22 @@ from redis.retry import Retry
 from ._limiter import DEFAULT_ARRIVAL, Token
 from ._redact import safe_url
 from ._redis_urls import PREFIXES, close_client, describe_client, make_client
-from ._shared_limiter import BACKEND_DEADLINE, TICKET_GRACE_MS, SharedLimiter, raise_if_late
+from ._shared_limiter import (
+    BACKEND_DEADLINE,
+    TICKET_GRACE_MS,
+    UNSETTLED_MAX,
+    SharedLimiter,
+    raise_if_late,
+)
 
 # KEYS: 1 the bucket's sorted set, 2 its pause, 3 its horizon, 4 the epoch, 5 the
 #       quarantine, 6 the bucket's queue (waiter -> ticket), 7 the queue's expiries
-#       (waiter -> ms), 8 the ticket counter.
+#       (waiter -> ms), 8 the ticket counter, 9 the bucket's unsettled tokens (member ->
+#       hold: its take + UNSETTLED_MAX, in ms).
 # ARGV: 1 a new unique member, 2 this process's longest window (ms), 3 the settle cap (ms),
 #       4 a new epoch id, 5 the epoch this process last saw ('' if none), 6 the waiter id
 #       ('' for no queue), 7 ms left before the caller's deadline (-1 for none),
-#       8.. limit, interval (ms) pairs.
+#       8 UNSETTLED_MAX (ms), 9.. limit, interval (ms) pairs.
 # Returns {taken (0/1), ms to wait, server time (ms), epoch}.
 _ACQUIRE = """
 local t = redis.call('TIME')
@@ -82,6 +89,20 @@ local wait = math.max(redis.call('PTTL', KEYS[5]), redis.call('PTTL', KEYS[2]), 
 -- longest one seen, so nobody deletes entries another still counts.
 local known = tonumber(redis.call('GET', KEYS[3]) or '0')
 if known > horizon then horizon = known end
+-- A token taken but not settled is in KEYS[9], not in KEYS[1], and counts as taken now
+-- (its request may not have left yet) until settled, or until its hold: a process that
+-- died holding it stops blocking its place then, the token dated at its hold.
+local late = redis.call('ZRANGEBYSCORE', KEYS[9], '-inf', now, 'WITHSCORES')
+for i = 1, #late, 2 do
+  redis.call('ZREM', KEYS[9], late[i])
+  local hold = tonumber(late[i + 1])
+  if hold > now - horizon then
+    redis.call('ZADD', KEYS[1], late[i + 1], late[i])
+    local keep = hold + horizon - now
+    if redis.call('PTTL', KEYS[1]) < keep then redis.call('PEXPIRE', KEYS[1], keep) end
+  end
+end
+local unsettled = redis.call('ZCARD', KEYS[9])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now - horizon))
 -- The queue: waiters ahead of this one (older tickets) take the first free places.
 -- A ticket not refreshed by its planned wake-up plus a grace is presumed dead.
@@ -101,17 +122,29 @@ if waiter ~= '' then
   end
 end
 if wait <= 0 then
-  for i = 8, #ARGV, 2 do
+  -- Entries dated after now (settled a ms ahead, rounding) come before the unsettled.
+  local ahead_of_now = 0
+  if unsettled > 0 then
+    ahead_of_now = redis.call('ZCOUNT', KEYS[1], string.format('(%d', now), '+inf')
+  end
+  for i = 9, #ARGV, 2 do
     local limit, interval = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
     -- Free places come as entries leave the window (now - interval, now], oldest
     -- first; the waiters ahead take the first ones. With fewer than limit ahead, this
     -- waiter needs the (limit - ahead)-th newest entry gone: exact. With more, places
-    -- their tokens free a window later: an estimate, checked again on waking.
+    -- their tokens free a window later: an estimate, checked again on waking. The
+    -- unsettled tokens, all dated now, rank after the entries dated later than now.
     local rounds, nth = math.floor(ahead / limit), ahead % limit
-    local e = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf',
-      string.format('(%d', now - interval), 'WITHSCORES', 'LIMIT', limit - 1 - nth, 1)
+    local k = limit - 1 - nth
     local free_at = now
-    if e[2] then free_at = tonumber(e[2]) + interval end
+    if k >= ahead_of_now and k < ahead_of_now + unsettled then
+      free_at = now + interval
+    else
+      if k >= ahead_of_now then k = k - unsettled end
+      local e = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf',
+        string.format('(%d', now - interval), 'WITHSCORES', 'LIMIT', k, 1)
+      if e[2] then free_at = tonumber(e[2]) + interval end
+    end
     wait = math.max(wait, free_at + rounds * interval - now)
   end
 end
@@ -120,7 +153,9 @@ end
 -- entries that still count.
 local ttl = horizon + tonumber(ARGV[3])
 if wait <= 0 then
-  redis.call('ZADD', KEYS[1], string.format('%d', now), ARGV[1])
+  local hold = now + tonumber(ARGV[8])
+  redis.call('ZADD', KEYS[9], string.format('%d', hold), ARGV[1])
+  redis.call('PEXPIRE', KEYS[9], hold - now + ttl)
   redis.call('PEXPIRE', KEYS[1], ttl)
   redis.call('SET', KEYS[3], string.format('%d', horizon), 'PX', ttl)
   if ticket then
@@ -172,15 +207,22 @@ end
 return 0
 """
 
-# KEYS: 1 the bucket's sorted set. ARGV: 1 the new score (ms), 2 the member, 3 this
-# process's longest window (ms). Moves an entry that still exists (never re-adds a
-# trimmed one) and keeps the set alive until the entry has left every window.
+# KEYS: 1 the bucket's sorted set, 2 its unsettled tokens. ARGV: 1 the new score (ms),
+# 2 the member, 3 this process's longest window (ms). Moves the token from the unsettled
+# to the set, dated; or moves an entry already there (past its hold) that still exists
+# (never re-adds a trimmed one). Keeps the set alive until the entry has left every window.
 _SETTLE = """
-if redis.call('ZADD', KEYS[1], 'XX', 'CH', ARGV[1], ARGV[2]) == 0 then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.ceil(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[1]) + tonumber(ARGV[3]) - now
-if ttl > redis.call('PTTL', KEYS[1]) then redis.call('PEXPIRE', KEYS[1], ttl) end
+if redis.call('ZREM', KEYS[2], ARGV[2]) == 1 then
+  if ttl <= 0 then return 0 end
+  redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+elseif redis.call('ZADD', KEYS[1], 'XX', 'CH', ARGV[1], ARGV[2]) == 0 then
+  return 0
+end
+local pttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 and (pttl == -1 or pttl < ttl) then redis.call('PEXPIRE', KEYS[1], ttl) end
 return 1
 """
 
@@ -231,14 +273,15 @@ def _bounded(base: type[Any]) -> type[Any]:
     return Bounded
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class _Member:
-    """Handle of a token in a bucket's sorted set."""
+    """Handle of a token in a bucket's sorted set (used by the one thread holding it)."""
 
     zkey: str
     member: str
     score: int  # server time (ms) when taken
     taken_at: float  # time.monotonic() just before the script call that took it
+    dated: int | None = None  # its score since dated by the send (_sent)
 
 
 class RedisLimiter(SharedLimiter):
@@ -256,6 +299,8 @@ class RedisLimiter(SharedLimiter):
     :param arrival: seconds after a send by which the server counts it (see
         ``KeyedLimiter``).
     :param on_backend_error: ``"raise"`` or ``"fallback"`` (see ``SharedLimiter``).
+    :param unsettled_max: seconds a token not yet settled counts as taken now, for every
+        process (``UNSETTLED_MAX``; a bound for processes that die holding one).
     :param prefix: first part of every key this limiter writes.
     :param fair: use the ticket queue; ``False`` only to measure what it is for.
     """
@@ -268,6 +313,7 @@ class RedisLimiter(SharedLimiter):
         margin: float = 0.0,
         on_backend_error: str = "raise",
         arrival: float = DEFAULT_ARRIVAL,
+        unsettled_max: float = UNSETTLED_MAX,
         prefix: str = "syncfetch",
         fair: bool = True,
     ) -> None:
@@ -310,6 +356,7 @@ class RedisLimiter(SharedLimiter):
             # ValueError: redis-py reading a socket that close() shut under it
             # ("I/O operation on closed file").
             errors=(redis.RedisError, OSError, ValueError),
+            unsettled_max=unsettled_max,
         )
         self.client = client
         self.prefix = prefix
@@ -351,6 +398,7 @@ class RedisLimiter(SharedLimiter):
             zkey + ":q",
             zkey + ":qexp",
             zkey + ":qseq",
+            zkey + ":u",
         ]
         # One id for this caller's place in the queue, kept while it waits. os.urandom:
         # unique across processes and machines, and fork-safe.
@@ -376,6 +424,7 @@ class RedisLimiter(SharedLimiter):
                         self._epochs.get(scope, ""),
                         waiter,
                         budget,
+                        self._unsettled_ms,
                         *self._rate_args,
                     ],
                 )
@@ -395,11 +444,23 @@ class RedisLimiter(SharedLimiter):
                     self.client.zrem(keys[6], waiter)
             raise
 
+    def _sent(self, token: Token) -> None:
+        handle: _Member = token.handle
+        self._date(handle, self._sent_time(token, handle.score, handle.taken_at))
+
     def _settle(self, token: Token) -> None:
         handle: _Member = token.handle
         new = self._settled_time(token, handle.score, handle.taken_at)
-        if new > handle.score:
-            self._settle_script([handle.zkey], [new, handle.member, self._horizon_ms])
+        if handle.dated is not None and new <= handle.dated:
+            return  # dated by its send already; earlier would only free its place sooner
+        self._date(handle, new)
+
+    def _date(self, handle: _Member, new: int) -> None:
+        """Move the token of ``handle`` out of the unsettled, dated ``new`` (server ms)."""
+        self._settle_script(
+            [handle.zkey, handle.zkey + ":u"], [new, handle.member, self._horizon_ms]
+        )
+        handle.dated = new
 
     def _replay(self, ages: list[tuple[str, int]]) -> None:
         ttl = self._horizon_ms + self._settle_cap_ms

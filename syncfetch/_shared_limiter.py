@@ -34,6 +34,17 @@ T = TypeVar("T")
 # While a shared backend is down, "fallback" limiters probe it at most this often.
 RETRY_BACKEND_EVERY = 1.0
 
+#: Seconds a token taken but not yet dated (by its send, ``SharedLimiter.sent``, or its
+#: answer, ``settle``) counts as "now" for every process: its request may reach the
+#: server at any later moment (issue 13). After that it counts as sent at its take plus
+#: this bound, until dated. The bound exists for a process that dies holding a token
+#: (killed, crashed): its token stops blocking its place after this plus one window. 10 s
+#: is over three times the default connect timeout (3.05 s), so it outlasts the
+#: connection set-up (DNS, connect, TLS, a proxy) between a take and its send; a send
+#: later still than that is the one case left uncovered. A token whose send is not seen
+#: (a user-mounted adapter) holds its place until its answer, up to this bound.
+UNSETTLED_MAX = 10.0
+
 #: While a caller waits on the backend (acquire, paused_for): the ``time.monotonic()``
 #: by which it must be answered (``math.inf``: no bound). ``None`` outside such a wait
 #: (settle, pause, clean-up), where the backend's own timeouts apply. The backends read
@@ -76,6 +87,8 @@ class SharedLimiter:
     :param on_backend_error: ``"raise"`` or ``"fallback"``.
     :param name: the backend as named in messages (no credentials).
     :param errors: exception types that mean "the backend failed".
+    :param unsettled_max: seconds an unsettled token counts as now (see
+        :data:`UNSETTLED_MAX`).
     """
 
     def __init__(
@@ -87,6 +100,7 @@ class SharedLimiter:
         name: str,
         errors: tuple[type[BaseException], ...],
         arrival: float = DEFAULT_ARRIVAL,
+        unsettled_max: float = UNSETTLED_MAX,
     ) -> None:
         if on_backend_error not in ("raise", "fallback"):
             raise ValueError(
@@ -97,6 +111,8 @@ class SharedLimiter:
         self.name = name
         self.arrival = arrival
         self._times = ResponseTimes()
+        # An unsettled token counts as now until its take plus this (ms).
+        self._unsettled_ms = max(1, math.ceil(unsettled_max * 1000))
         # Kept on the backend's keys beyond the longest window (ms); settle extends
         # the keys' lifetime itself when it dates a token later than that.
         self._settle_cap_ms = math.ceil(arrival * 1000)
@@ -222,13 +238,34 @@ class SharedLimiter:
             self._mark_up()
         if self._fallback is not None:
             self._fallback.record(key)
+        token.on_sent = self.sent
         return token
+
+    def sent(self, token: Token) -> None:
+        """Date ``token`` at its send (``token.sent``) plus ``arrival``, for every process,
+        as soon as the request has left (syncfetch's connections call this through
+        ``token.on_sent``). Until then it counts as now; :meth:`settle` may still date
+        it later (an answer slower than usual). A backend failure is only logged: the
+        token then counts as now until settled.
+        """
+        handle = token.handle
+        if handle is None or token.sent is None:
+            return
+        if isinstance(handle, _FallbackHandle):
+            handle.token.sent = token.sent  # the fallback counts it as sent then too
+            return
+        try:
+            self._sent(token)
+        except self._errors as exc:
+            log.debug("syncfetch: could not date a token by its send on %s: %s", self.name, exc)
 
     def settle(self, token: Token) -> None:
         """Date ``token`` by when its request reached the server (see ``KeyedLimiter.settle``).
 
-        A backend failure here is only logged: the token then keeps its take date, and
-        the response is already in hand.
+        Until then other processes count the token as taken now (up to
+        :data:`UNSETTLED_MAX` after its take). A backend failure here is only logged:
+        the token then counts as now until that bound, then as sent at it; the response
+        is already in hand.
         """
         handle = token.handle
         if handle is None:
@@ -379,7 +416,7 @@ class SharedLimiter:
             outage.append((key, now))
             while outage and (now - outage[0][1]) * 1000 >= self._horizon_ms:
                 outage.popleft()
-        return Token(key, _FallbackHandle(token), now - start)
+        return Token(key, _FallbackHandle(token), now - start, on_sent=self.sent)
 
     def _recover(self) -> None:
         """Write the tokens taken from the fallback within the longest window into the
@@ -440,6 +477,9 @@ class SharedLimiter:
     def _settle(self, token: Token) -> None:
         raise NotImplementedError
 
+    def _sent(self, token: Token) -> None:
+        raise NotImplementedError
+
     def _pause(self, key: str, seconds: float) -> None:
         raise NotImplementedError
 
@@ -460,6 +500,12 @@ class SharedLimiter:
 
     def _close(self) -> None:
         raise NotImplementedError
+
+    def _sent_time(self, token: Token, taken_ms: int, taken_at: float) -> int:
+        """The date of ``token`` at its send: ``token.sent`` plus ``arrival``, on the
+        backend's clock, measured as in :meth:`_settled_time`."""
+        assert token.sent is not None
+        return taken_ms + max(0, math.ceil((token.sent + self.arrival - taken_at) * 1000))
 
     def _settled_time(self, token: Token, taken_ms: int, taken_at: float) -> int:
         """The date of ``token``, taken at ``taken_ms`` on the backend's clock.

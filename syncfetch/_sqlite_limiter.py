@@ -38,6 +38,7 @@ from ._limiter import DEFAULT_ARRIVAL, Token
 from ._shared_limiter import (
     BACKEND_DEADLINE,
     TICKET_GRACE_MS,
+    UNSETTLED_MAX,
     OutOfTime,
     SharedLimiter,
     raise_if_late,
@@ -55,10 +56,12 @@ CREATE TABLE IF NOT EXISTS syncfetch_log (
     id INTEGER PRIMARY KEY,
     key TEXT NOT NULL,
     ts INTEGER NOT NULL,
-    exp INTEGER NOT NULL
+    exp INTEGER NOT NULL,
+    hold INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS syncfetch_log_key_ts ON syncfetch_log (key, ts);
 CREATE INDEX IF NOT EXISTS syncfetch_log_exp ON syncfetch_log (exp);
+CREATE INDEX IF NOT EXISTS syncfetch_log_key_hold ON syncfetch_log (key, hold);
 CREATE TABLE IF NOT EXISTS syncfetch_pause (
     key TEXT PRIMARY KEY,
     until INTEGER NOT NULL
@@ -76,14 +79,20 @@ CREATE TABLE IF NOT EXISTS syncfetch_meta (
 COMMIT;
 """
 # syncfetch_log: one row per token; ts = when taken (ms, re-dated by settle), exp =
-#   ts + the writer's longest window: no process counts the row after that, so the
-#   sweep may delete it. (Processes with different limits may share a file: each
+#   ts (or hold) + the writer's longest window: no process counts the row after that,
+#   so the sweep may delete it. (Processes with different limits may share a file: each
 #   counts every row within its own windows, and nobody deletes a row another still
-#   needs.)
+#   needs.) hold: 0 once settled; before, the take + UNSETTLED_MAX: until then the
+#   row counts as dated now (its request may not have left yet), then as dated hold
+#   (_DATE). Added to files of earlier versions on open (_add_hold).
 # syncfetch_pause: key -> pause end (ms), shared by every process.
 # syncfetch_queue: the fair queue, one ticket per waiting thread; exp is when a ticket
 #   whose owner stopped refreshing it (a dead process) stops blocking the others.
 # syncfetch_meta: "next_sweep" (ms), so that one process sweeps per interval.
+
+# The date a row counts with at ?1 = now: its ts once settled (hold = 0), else now, but
+# no later than its hold (a process that died holding it stops blocking its place).
+_DATE = "max(ts, min(?1, hold))"
 
 # Polling for another process's write lock: first retry after 0.1 ms, doubling up to
 # 2 ms. SQLite's own busy handler sleeps 1, 2, 5, 10, ... then 100 ms between tries, so a
@@ -125,6 +134,27 @@ def _is_busy(exc: sqlite3.Error) -> bool:
     )
 
 
+def _add_hold(conn: sqlite3.Connection) -> None:
+    """Give the token log of a file from an earlier version its ``hold`` column (0:
+    settled, as its rows are to the processes of that version, which ignore the column),
+    before ``_SCHEMA`` indexes it. One read, for a new file or an up-to-date one."""
+
+    def old() -> bool:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(syncfetch_log)")]
+        return bool(columns) and "hold" not in columns
+
+    if not old():
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if old():  # another process may have added it meanwhile
+            conn.execute("ALTER TABLE syncfetch_log ADD COLUMN hold INTEGER NOT NULL DEFAULT 0")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 def _wall_ms() -> int:
     """Now on the wall clock, in whole ms (rounded up, like KeyedLimiter's token times).
 
@@ -163,13 +193,14 @@ def _file_id(path: str | None) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class _Row:
-    """Handle of a token in ``syncfetch_log``."""
+    """Handle of a token in ``syncfetch_log`` (used by the one thread holding the token)."""
 
     rowid: int
-    ts: int
+    ts: int  # when taken
     taken_at: float  # time.monotonic() when ts was read
+    dated: int | None = None  # the row's ts since dated by the send (_sent)
 
 
 @dataclasses.dataclass
@@ -198,6 +229,8 @@ class SQLiteLimiter(SharedLimiter):
     :param arrival: seconds after a send by which the server counts it (see
         ``KeyedLimiter``).
     :param on_backend_error: ``"raise"`` or ``"fallback"`` (see :class:`SharedLimiter`).
+    :param unsettled_max: seconds a token not yet settled counts as taken now, for every
+        process (``UNSETTLED_MAX``; a bound for processes that die holding one).
     :param busy_timeout: seconds to wait for another process's write lock before the
         backend counts as unavailable.
     :param sweep_every: seconds between deletions of expired rows (one process does it
@@ -213,6 +246,7 @@ class SQLiteLimiter(SharedLimiter):
         margin: float = 0.0,
         on_backend_error: str = "raise",
         arrival: float = DEFAULT_ARRIVAL,
+        unsettled_max: float = UNSETTLED_MAX,
         busy_timeout: float = 5.0,
         sweep_every: float = 5.0,
         fair: bool = True,
@@ -233,6 +267,7 @@ class SQLiteLimiter(SharedLimiter):
             on_backend_error=on_backend_error,
             name=f"sqlite:///{self.path}",
             errors=(sqlite3.Error, OSError),
+            unsettled_max=unsettled_max,
         )
         self.busy_timeout = busy_timeout
         self.sweep_every = sweep_every
@@ -251,6 +286,10 @@ class SQLiteLimiter(SharedLimiter):
         # guarded by _lock like _conn.
         self._file_id: tuple[int, int] | None = None
         self._check_file_at = 0.0
+        # The clocks as read by the current write transaction (_follow_clock_step), wall
+        # ms and monotonic seconds; guarded by _lock like _conn.
+        self._now = 0
+        self._now_mono = 0.0
 
     def __repr__(self) -> str:
         return f"SQLiteLimiter({self.path!r}, {[str(r) for r in self.rates]})"
@@ -279,10 +318,10 @@ class SQLiteLimiter(SharedLimiter):
             return
         old = self._conn
         assert old is not None
-        rows: list[tuple[str, int, int]] = []
+        rows: list[tuple[str, int, int, int]] = []
         with contextlib.suppress(sqlite3.Error):
             rows = old.execute(
-                "SELECT key, ts, exp FROM syncfetch_log WHERE exp > ?", (_wall_ms(),)
+                "SELECT key, ts, exp, hold FROM syncfetch_log WHERE exp > ?", (_wall_ms(),)
             ).fetchall()
         log.warning(
             "syncfetch: %s was %s while in use; reopening it, with the %d tokens still in a window",
@@ -297,7 +336,9 @@ class SQLiteLimiter(SharedLimiter):
         if rows:
             self._retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
             try:
-                conn.executemany("INSERT INTO syncfetch_log (key, ts, exp) VALUES (?, ?, ?)", rows)
+                conn.executemany(
+                    "INSERT INTO syncfetch_log (key, ts, exp, hold) VALUES (?, ?, ?, ?)", rows
+                )
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -374,6 +415,7 @@ class SQLiteLimiter(SharedLimiter):
             conn.execute("PRAGMA synchronous = NORMAL")
             # Truncate the WAL file back to 4 MB after each checkpoint.
             conn.execute("PRAGMA journal_size_limit = 4194304")
+            _add_hold(conn)
             conn.executescript(_SCHEMA)
         except BaseException:
             conn.close()
@@ -425,11 +467,17 @@ class SQLiteLimiter(SharedLimiter):
         longer waits, never an excess). Off where the boot cannot be identified
         (``_boot_id``). Caller holds ``_lock`` inside a write transaction.
         """
+        # One reading of both clocks for the whole transaction (_now): a step between
+        # this check and a second reading would go unnoticed by the rows yet move "now"
+        # (a forward one: every row would look a step older, and leave its window).
+        # The monotonic one first: see _step.
+        mono = time.monotonic()
+        now = self._now = _wall_ms()
+        self._now_mono = mono
         boot = _boot_id()
         if boot is None:
             return
-        now = _wall_ms()
-        offset = now - math.floor(time.monotonic() * 1000)
+        offset = now - math.floor(mono * 1000)
         known = dict(
             conn.execute(
                 "SELECT name, value FROM syncfetch_meta"
@@ -442,8 +490,9 @@ class SQLiteLimiter(SharedLimiter):
         if known.get("clock_boot") == boot and step > 0:
             # Live before the step (on the old clock), so still live, step ms later.
             conn.execute(
-                "UPDATE syncfetch_log SET ts = ts + ?, exp = exp + ? WHERE exp > ?",
-                (step, step, now - step),
+                "UPDATE syncfetch_log SET ts = ts + ?1, exp = exp + ?1,"
+                " hold = CASE WHEN hold > 0 THEN hold + ?1 ELSE 0 END WHERE exp > ?2",
+                (step, now - step),
             )
             conn.execute(
                 "UPDATE syncfetch_pause SET until = until + ? WHERE until > ?", (step, now - step)
@@ -484,11 +533,12 @@ class SQLiteLimiter(SharedLimiter):
     def _step(self, key: str, ticket: int | None, deadline: float | None) -> _Step:
         """One transaction: take a row if this waiter's turn has come, else queue up."""
         with self._transaction() as conn:
-            now = _wall_ms()
-            # The monotonic twin of now, which settle measures from. (Read after the
-            # INSERT, it could be late by however long this thread then waits for the GIL,
-            # and the settled row dated that much too early.)
-            now_mono = time.monotonic()
+            # The transaction's reading of the clocks (_follow_clock_step). now_mono, the
+            # monotonic twin of now which settle measures from, was read just before now:
+            # a thread switch between the two then dates the settled row later, never
+            # earlier than the truth. (Read after the INSERT, it could be late by however
+            # long this thread then waits for the GIL, the row dated that much too early.)
+            now, now_mono = self._now, self._now_mono
             ahead = 0
             if self.fair:
                 conn.execute("DELETE FROM syncfetch_queue WHERE key = ? AND exp <= ?", (key, now))
@@ -508,9 +558,10 @@ class SQLiteLimiter(SharedLimiter):
             if wait <= 0:
                 wait = self._rate_wait(conn, key, now, ahead)
             if wait <= 0:
+                hold = now + self._unsettled_ms  # counts as now until settled or then
                 rowid = conn.execute(
-                    "INSERT INTO syncfetch_log (key, ts, exp) VALUES (?, ?, ?)",
-                    (key, now, now + self._horizon_ms),
+                    "INSERT INTO syncfetch_log (key, ts, exp, hold) VALUES (?, ?, ?, ?)",
+                    (key, now, hold + self._horizon_ms, hold),
                 ).lastrowid
                 assert rowid is not None
                 if ticket is not None:
@@ -538,17 +589,19 @@ class SQLiteLimiter(SharedLimiter):
 
         Free places come, oldest first, as rows leave the window (a window holding
         fewer than ``limit`` rows has places free now); the ``ahead`` waiters take the
-        first ones. So with ``ahead < limit`` the waiter needs the ``limit - 1 -
+        first ones. An unsettled row is dated now (``_DATE``): its place frees a window
+        from now at the earliest. So with ``ahead < limit`` the waiter needs the ``limit - 1 -
         ahead``-th newest row to leave: exact. With more waiters ahead it needs places
         that their tokens free one window later: an estimate, checked again on waking.
         """
         wait = 0
         for rate in self.rates:
             rounds, nth = divmod(ahead, rate.limit)
+            # _DATE > low, written so that both indexes serve it.
             row = conn.execute(
-                "SELECT ts FROM syncfetch_log WHERE key = ? AND ts > ?"
-                " ORDER BY ts DESC LIMIT 1 OFFSET ?",
-                (key, now - rate.interval, rate.limit - 1 - nth),
+                f"SELECT {_DATE} AS d FROM syncfetch_log WHERE key = ?2 AND (ts > ?3 OR hold > ?3)"
+                " ORDER BY d DESC LIMIT 1 OFFSET ?4",
+                (now, key, now - rate.interval, rate.limit - 1 - nth),
             ).fetchone()
             free_at = row[0] + rate.interval if row is not None else now
             wait = max(wait, free_at + rounds * rate.interval - now)
@@ -589,21 +642,33 @@ class SQLiteLimiter(SharedLimiter):
         finally:
             BACKEND_DEADLINE.reset(bound)
 
+    def _sent(self, token: Token) -> None:
+        row: _Row = token.handle
+        self._date(token, self._sent_time(token, row.ts, row.taken_at))
+
     def _settle(self, token: Token) -> None:
         row: _Row = token.handle
         new = self._settled_time(token, row.ts, row.taken_at)
-        if new <= row.ts:
-            return
+        if row.dated is not None and new <= row.dated:
+            return  # dated by its send already; earlier would only free its place sooner
+        self._date(token, new)
+
+    def _date(self, token: Token, new: int) -> None:
+        """Date the row of ``token`` at ``new`` (ms), settled."""
+        row: _Row = token.handle
         with self._lock, self._transaction() as conn:
             # key and ts guard against a rowid reused after the sweep deleted the row.
+            # (A row moved by a clock step is not found: it counts as now until its hold.)
             conn.execute(
-                "UPDATE syncfetch_log SET ts = ?, exp = ? WHERE id = ? AND key = ? AND ts = ?",
-                (new, new + self._horizon_ms, row.rowid, token.key, row.ts),
+                "UPDATE syncfetch_log SET ts = ?, exp = ?, hold = 0"
+                " WHERE id = ? AND key = ? AND ts = ?",
+                (new, new + self._horizon_ms, row.rowid, token.key, row.dated or row.ts),
             )
+        row.dated = new
 
     def _replay(self, ages: list[tuple[str, int]]) -> None:
         with self._locked(), self._transaction() as conn:
-            now = _wall_ms()
+            now = self._now
             conn.executemany(
                 "INSERT INTO syncfetch_log (key, ts, exp) VALUES (?, ?, ?)",
                 [(key, now - age, now - age + self._horizon_ms) for key, age in ages],
@@ -632,7 +697,7 @@ class SQLiteLimiter(SharedLimiter):
         """Delete expired rows, pauses and tickets, unless another process did so less
         than ``sweep_every`` ago. Caller holds ``_lock``."""
         with self._transaction() as conn:
-            now = _wall_ms()
+            now = self._now
             row = conn.execute(
                 "SELECT value FROM syncfetch_meta WHERE name = 'next_sweep'"
             ).fetchone()

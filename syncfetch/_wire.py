@@ -37,6 +37,8 @@ class _Timed(HTTPConnection):
         # Headers and body have been handed to the socket by now.
         if token is not None:
             token.sent = time.monotonic()
+            if token.on_sent is not None:
+                token.on_sent(token)
 
     def getresponse(self) -> Any:
         resp = super().getresponse()

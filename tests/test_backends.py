@@ -659,3 +659,162 @@ def test_redis_dates_a_token_by_its_send_and_keeps_it_alive(redis_server: RedisS
     assert score is not None and 500 <= score - token.handle.score <= 503
     # The set outlives the re-dated entry's window (about 500 ms later than its take).
     assert ttl > 1000 + 500 - 600 - 50
+
+
+# -- unsettled tokens ----------------------------------------------------------------------
+
+
+def _shared_limiter(kind: str, where: str, **kwargs: Any) -> Any:
+    """A limiter of ``kind`` on ``where`` (a file, or a Redis URL): each call is one
+    more "process" on it (its own connection, no state shared in memory)."""
+    if kind == "sqlite":
+        return SQLiteLimiter(where, [Rate(1, 300)], **kwargs)
+    from syncfetch._redis_limiter import RedisLimiter
+
+    return RedisLimiter(where, [Rate(1, 300)], **kwargs)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """``(kind, where)`` of a shared backend, for :func:`_shared_limiter`."""
+    if request.param == "sqlite":
+        yield "sqlite", str(tmp_path / "l.db")
+        return
+    require_redis()
+    with RedisServer() as srv:
+        yield "redis", srv.url
+
+
+def test_an_unsettled_token_counts_as_now_in_every_process(shared: tuple[str, str]) -> None:
+    # Issue 13: a token whose request has not been sent a window after the take (a slow
+    # connect, a thread starved of the GIL) must still hold its place for the others:
+    # the server will count the request when it arrives, not when the token was taken.
+    a, b = _shared_limiter(*shared), _shared_limiter(*shared)
+    try:
+        token = a.acquire("k", None)
+        time.sleep(0.4)  # longer than the 300 ms window; the request not even sent
+        with pytest.raises(syncfetch.RateLimitExceeded):
+            b.acquire("k", time.monotonic())
+        # Sent now and answered: dated by the send, so still in the window.
+        token.sent = time.monotonic()
+        token.answered = token.sent + 0.001
+        a.settle(token)
+        with pytest.raises(syncfetch.RateLimitExceeded) as info:
+            b.acquire("k", time.monotonic())
+        assert 0.2 < (info.value.retry_after or 0) <= 0.32
+        b.settle(b.acquire("k", time.monotonic() + 1.0))  # free a window after the send
+    finally:
+        a.close()
+        b.close()
+
+
+def _hold_a_token(kind: str, where: str, taken: Any) -> None:
+    """Child process: take a token, report it, and never settle it (killed meanwhile)."""
+    limiter = _shared_limiter(kind, where, unsettled_max=1.0)
+    limiter.acquire("k", None)
+    taken.put(True)
+    time.sleep(60)
+
+
+@pytest.mark.slow
+def test_a_token_of_a_killed_process_stops_counting_after_the_bound(
+    shared: tuple[str, str],
+) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    taken = ctx.Queue()
+    child = ctx.Process(target=_hold_a_token, args=(*shared, taken), daemon=True)
+    child.start()
+    limiter = _shared_limiter(*shared, unsettled_max=1.0)
+    try:
+        assert taken.get(timeout=30)
+        child.kill()
+        child.join(5)
+        # Still counted as now (its request could be on its way)...
+        with pytest.raises(syncfetch.RateLimitExceeded):
+            limiter.acquire("k", time.monotonic())
+        time.sleep(0.35)  # a window after the take: still counted
+        with pytest.raises(syncfetch.RateLimitExceeded):
+            limiter.acquire("k", time.monotonic())
+        # ...but not for ever: free a window after its take + 1 s (here within 1 s).
+        start = time.monotonic()
+        limiter.settle(limiter.acquire("k", start + 5))
+        assert time.monotonic() - start < 3.0
+    finally:
+        if child.is_alive():
+            child.kill()
+            child.join(5)
+        limiter.close()
+
+
+def test_a_token_is_dated_by_its_send_for_every_process_before_the_answer(
+    shared: tuple[str, str],
+) -> None:
+    # Once the request has left, the others count its token from the send (plus the
+    # arrival margin), as the in-memory limiter does, not as now until the answer: a
+    # server slower to answer than the window does not slow the limit down.
+    a, b = _shared_limiter(*shared), _shared_limiter(*shared)
+    try:
+        token = a.acquire("k", None)
+        token.sent = time.monotonic()
+        assert token.on_sent is not None
+        token.on_sent(token)  # what syncfetch's connections do
+        with pytest.raises(syncfetch.RateLimitExceeded):
+            b.acquire("k", time.monotonic())
+        time.sleep(0.4)  # no answer yet, a window after the send
+        b.settle(b.acquire("k", time.monotonic()))
+        token.answered = time.monotonic()
+        a.settle(token)  # the slow answer: dated later by that excess (the first answer)
+        with pytest.raises(syncfetch.RateLimitExceeded):
+            a.acquire("k", time.monotonic())
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.slow
+def test_sessions_sharing_a_file_are_not_slowed_by_a_slow_server(
+    server: ScriptedServer, tmp_path: Path
+) -> None:
+    from tests._server import Step
+
+    server.script("/slow", Step(delay=2.0), Step())
+    backend = sqlite_url(tmp_path)
+    with (
+        syncfetch.Session("1/s", backend=backend) as a,
+        syncfetch.Session("1/s", backend=backend, max_wait=0) as b,
+    ):
+        slow = threading.Thread(target=lambda: a.get(server.url_for("/slow")))
+        slow.start()
+        while not server.records:  # the slow request has arrived
+            time.sleep(0.01)
+        with pytest.raises(syncfetch.RateLimitExceeded):
+            b.get(server.url)
+        time.sleep(1.1)  # a window after its send; its answer not in yet
+        assert slow.is_alive()
+        b.get(server.url)  # not RateLimitExceeded: the slow request counts from its send
+        slow.join()
+    assert server.count(status=429) == 0
+
+
+def test_sqlite_file_of_an_earlier_version_gets_the_hold_column(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    old.execute("PRAGMA journal_mode = WAL").fetchall()
+    old.execute(
+        "CREATE TABLE syncfetch_log (id INTEGER PRIMARY KEY, key TEXT NOT NULL,"
+        " ts INTEGER NOT NULL, exp INTEGER NOT NULL)"
+    )
+    now = int(time.time() * 1000)
+    old.execute("INSERT INTO syncfetch_log (key, ts, exp) VALUES ('k', ?, ?)", (now, now + 300))
+    limiter = SQLiteLimiter(path, [Rate(1, 300)])
+    try:
+        with pytest.raises(syncfetch.RateLimitExceeded):  # the old row counts
+            limiter.acquire("k", time.monotonic())
+        limiter.settle(limiter.acquire("k", time.monotonic() + 1.0))
+        columns = [row[1] for row in old.execute("PRAGMA table_info(syncfetch_log)")]
+        assert "hold" in columns
+        # A process of the earlier version still inserts as it did.
+        old.execute("INSERT INTO syncfetch_log (key, ts, exp) VALUES ('j', 1, 2)")
+    finally:
+        limiter.close()
+        old.close()
