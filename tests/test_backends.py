@@ -780,8 +780,8 @@ def test_sessions_sharing_a_file_are_not_slowed_by_a_slow_server(
     server.script("/slow", Step(delay=2.0), Step())
     backend = sqlite_url(tmp_path)
     with (
-        syncfetch.Session("1/s", backend=backend) as a,
-        syncfetch.Session("1/s", backend=backend, max_wait=0) as b,
+        syncfetch.Session("1/s", store=backend) as a,
+        syncfetch.Session("1/s", store=backend, max_wait=0) as b,
     ):
         slow = threading.Thread(target=lambda: a.get(server.url_for("/slow")))
         slow.start()

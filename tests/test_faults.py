@@ -385,20 +385,23 @@ def test_locked_sqlite_waits_within_max_wait(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("with_wal", [False, True])
 def test_deleted_sqlite_file_is_reopened_with_one_warning(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, with_wal: bool
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # The file goes with its -wal and -shm (rm l.db*). Deleting l.db alone leaves its WAL
+    # files for the new file to share with the processes still on the old one, which
+    # SQLite does not support (sqlite.org "How To Corrupt An SQLite Database File", 2.4):
+    # measured here, that failed calls with "no such table" in 7 of 10 loaded runs and
+    # once killed the test process with SIGBUS. The docs say to delete all three.
     path = tmp_path / "l.db"
     url = f"sqlite:///{path}"
     running = make_limiter(url, RATES, margin=DEFAULT_MARGIN, on_backend_error="raise")
     first = Hammer()
     first.run(running, 0.5)
     os.remove(path)
-    if with_wal:
-        for suffix in ("-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(str(path) + suffix)
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(str(path) + suffix)
     deleted_at = time.monotonic()
     # A process started now creates a new file; the running one must join it.
     newcomer = make_limiter(url, RATES, margin=DEFAULT_MARGIN, on_backend_error="raise")
