@@ -23,7 +23,8 @@ class Command(BaseCommand):
         failed = 0
         # map() runs the calls on the session's thread pool, yields one Result per URL
         # in input order, and never raises for one item: a failure is result.error.
-        for result in get_session().map(urls):
+        # The settings' max_wait (2 s) is for views; a batch may wait its turn.
+        for result in get_session().map(urls, max_wait=None):
             if not result.ok:
                 failed += 1
                 self.stderr.write(str(result))
