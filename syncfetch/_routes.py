@@ -110,7 +110,8 @@ class Route:
     def cost_of(self, request: PreparedRequest, call_cost: int) -> int:
         """What ``request`` costs on this route, the call's own cost being ``call_cost``.
 
-        :raises ValueError: when the route's cost function returns no whole number >= 0.
+        A cost function that raises or returns no whole number >= 0 is logged, and the
+        call's own cost is charged (a call raises only ``requests`` exceptions).
         """
         cost = self.cost
         if cost is None:
@@ -123,7 +124,11 @@ class Route:
                 if name.upper() == method:
                     return int(value)
             return int(cost["*"]) if "*" in cost else call_cost
-        return check_cost(cost(request), f"the cost function {cost!r} returned a value that")
+        try:
+            return check_cost(cost(request), f"the cost function {cost!r} returned a value that")
+        except Exception as exc:  # a user function: a call raises only RequestExceptions
+            log.warning("syncfetch: cost %r failed (%r); the call's cost is charged", cost, exc)
+            return call_cost
 
 
 @dataclasses.dataclass(frozen=True)

@@ -220,3 +220,15 @@ def test_parsed_origins_are_lower_case_with_a_port(sch: str, hst: str, port: int
     method, origin, segments = parse_pattern(f"{sch.upper()}://{hst.upper()}:{port}")
     assert (method, segments) == (None, ())
     assert origin == f"{sch}://{hst}:{port}"
+
+
+def test_a_failing_cost_function_charges_the_calls_cost(caplog: pytest.LogCaptureFixture) -> None:
+    def broken(request: object) -> int:
+        raise KeyError("no such header")
+
+    table = RouteTable({"https://api.example.com": Route("10/second", cost=broken)})
+    bad = RouteTable({"https://api.example.com": Route("10/second", cost=lambda r: -1)})
+    request = requests.Request("GET", "https://api.example.com/x").prepare()
+    assert [c.cost for c in table.match(request, 3, True)] == [3]
+    assert [c.cost for c in bad.match(request, 2, True)] == [2]
+    assert sum("cost" in r.getMessage() for r in caplog.records) == 2
