@@ -599,11 +599,18 @@ class KeyedLimiter:
                 token.handle = (*handle[:index], (name, log, cost), *handle[index + 1 :])
                 return
 
-    def record(self, key: str) -> None:
-        """Count a token for ``key`` taken now elsewhere (a shared backend), even past the
-        limit: if the backend fails, this process's recent sends still count here."""
-        if not self.rates:
-            return
+    def record(
+        self, key: str, cost: int = 1, windows: tuple[tuple[int, int], ...] | None = None
+    ) -> None:
+        """Count ``cost`` tokens for ``key`` taken now elsewhere (a shared backend), even
+        past the limit: if the backend fails, this process's recent sends still count
+        here. ``windows``: the route's ``(limit, ms)`` (``None``: the session's rates)."""
+        if windows is None:
+            if not self.rates:
+                return
+            horizon = self._horizon
+        else:
+            horizon = self._seconds(windows)[1]
         with self._lock:
             now = self._clock()
             if now >= self._next_sweep:  # keeps the recorded logs bounded
@@ -611,9 +618,9 @@ class KeyedLimiter:
             log = self._logs.get(key)
             if log is None:
                 log = self._logs[key] = _Log()
-            log.horizon = self._horizon
-            log.trim(now - self._horizon)  # no window counts them
-            log.add(now, 1)
+            log.horizon = max(log.horizon, horizon)
+            log.trim(now - log.horizon)  # no window counts them
+            log.add(now, cost)
 
     def _sweep(self, now: float) -> None:
         for key, log in list(self._logs.items()):

@@ -75,7 +75,7 @@ class RedisClusterLimiter(RedisLimiter):
         with _cluster_errors():
             super()._pause(key, seconds)
 
-    def _replay(self, ages: list[tuple[str, int]]) -> None:
+    def _replay(self, ages: list[tuple[str, int, int]]) -> None:
         with _cluster_errors():
             super()._replay(ages)
 

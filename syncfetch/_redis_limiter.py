@@ -462,14 +462,15 @@ class RedisLimiter(SharedLimiter):
         )
         handle.dated = new
 
-    def _replay(self, ages: list[tuple[str, int]]) -> None:
-        ttl = self._horizon_ms + self._settle_cap_ms
-        # One script per scope: on a cluster every key of a script must be in one slot.
-        by_scope: dict[str, list[tuple[str, int]]] = {}
-        for key, age in ages:
+    def _replay(self, ages: list[tuple[str, int, int]]) -> None:
+        # One script per scope and window: on a cluster every key of a script must be in
+        # one slot, and the script keeps its keys for one lifetime.
+        groups: dict[tuple[str, int], list[tuple[str, int]]] = {}
+        for key, age, horizon in ages:
             zkey = self.key_for(key)
-            by_scope.setdefault(self._scope(zkey), []).append((zkey, age))
-        for group in by_scope.values():
+            groups.setdefault((self._scope(zkey), horizon), []).append((zkey, age))
+        for (_, horizon), group in groups.items():
+            ttl = horizon + self._settle_cap_ms
             for i in range(0, len(group), 500):
                 part = group[i : i + 500]
                 self._replay_script([z for z, _ in part], [ttl, *(age for _, age in part)])

@@ -517,13 +517,7 @@ class Session(requests.Session):
         return TimedAdapter(pool_maxsize=self.max_concurrency, max_retries=0)
 
     def _make_limiter(self) -> Limiter:
-        routes = isinstance(self.limits, RouteTable)
-        if routes and not (self.store is None or self.store == "memory"):
-            raise ValueError(
-                "limits per route need the memory store for now, not store="
-                f"{_store_text(self.store)}: give a shared store one set of limits"
-            )
-        return make_limiter(
+        limiter = make_limiter(
             self.store,
             [] if isinstance(self.limits, RouteTable) else self.limits,
             margin=DEFAULT_MARGIN,
@@ -531,6 +525,13 @@ class Session(requests.Session):
             # (getattr: a session pickled before arrival_margin existed)
             arrival=getattr(self, "arrival_margin", DEFAULT_ARRIVAL),
         )
+        if isinstance(self.limits, RouteTable) and not getattr(limiter, "routes", True):
+            limiter.close()
+            raise ValueError(
+                "limits per route are not supported by store="
+                f"{_store_text(self.store)} yet: give it one set of limits"
+            )
+        return limiter
 
     def _make_pipeline(
         self, limiter: Limiter, slots: Slots, stats: StatsRecorder, adaptive: AdaptiveLimiter | None

@@ -91,6 +91,10 @@ class SharedLimiter:
         :data:`UNSETTLED_MAX`).
     """
 
+    #: Whether this backend implements :meth:`_take_many` (routes, costs) and
+    #: :meth:`_correct`; a Session refuses a route mapping for one that does not.
+    routes = False
+
     def __init__(
         self,
         rates: list[Rate],
@@ -106,7 +110,9 @@ class SharedLimiter:
             raise ValueError(
                 f"on_backend_error must be 'raise' or 'fallback', not {on_backend_error!r}"
             )
-        margin_ms = int(margin * 1000)
+        margin_ms = self._margin_ms = int(margin * 1000)
+        # The rates as a route's windows, (limit, ms) without the margin (take's fast path).
+        self._own_windows = tuple((r.limit, r.interval) for r in rates)
         self.rates = [Rate(r.limit, r.interval + margin_ms) for r in rates]
         self.name = name
         self.arrival = arrival
@@ -136,10 +142,11 @@ class SharedLimiter:
         # no fallback token is used (their callers go to the backend).
         self._recovering = False
         self._probe_at = 0.0
-        # Tokens taken from the fallback, (key, time.monotonic()), within the longest
-        # window: written to the backend when it is back, before any token is taken
-        # from it, so the switch back does not spend the window twice.
-        self._outage: collections.deque[tuple[str, float]] = collections.deque()
+        # Tokens taken from the fallback, (key, time.monotonic(), longest window in ms),
+        # one per unit of cost, within their window: written to the backend when it is
+        # back, before any token is taken from it, so the switch back does not spend
+        # the window twice.
+        self._outage: collections.deque[tuple[str, float, int]] = collections.deque()
         # Held while _outage is written to the backend: a thread taking a token from the
         # backend waits until the tokens taken before it are there.
         self._recover_lock = threading.Lock()
@@ -181,27 +188,132 @@ class SharedLimiter:
     def take(
         self, key: str, charges: Sequence[Charge], deadline: float | None, priority: int = 0
     ) -> Token:
-        """Not shared yet: only a call paying nothing, or one token of ``key`` under this
-        limiter's own rates (what :meth:`acquire` takes); ``priority`` is ignored.
+        """Take every charge at once, all or nothing, in every process (see
+        :meth:`Limiter.take`): one transaction in SQLite, one Lua script in Redis.
 
-        Routes and costs need the atomic multi-key take that :meth:`Limiter.take`
-        describes (one transaction in SQLite, one Lua script in Redis); until then
-        ``Session`` refuses a route mapping with a shared backend, and this refuses the
-        rest with ``ValueError``.
+        One token of ``key`` under this limiter's own rates is :meth:`acquire`.
+        ``priority`` orders the waiters of a bucket where the backend supports it.
+
+        :raises ValueError: at once for a cost larger than a limit of its bucket.
+        :raises RateLimitExceeded: at once when the wait would pass ``deadline``.
+        :raises BackendUnavailable: when the backend fails and ``on_backend_error="raise"``.
         """
         paying = [c for c in charges if c.cost and c.windows]
         if not paying:
             return Token(key, None, 0.0)
-        if len(paying) == 1 and paying[0].cost == 1 and paying[0].key == key:
+        for charge in paying:
+            for limit, ms in charge.windows:
+                if charge.cost > limit:
+                    raise ValueError(
+                        f"a cost of {charge.cost} can never be taken from {charge.key}: its "
+                        f"limit is {limit} per {ms / 1000:g} s"
+                    )
+        if (
+            len(paying) == 1
+            and paying[0].cost == 1
+            and paying[0].key == key
+            and paying[0].windows == self._own_windows
+        ):
             return self.acquire(key, deadline)
-        raise ValueError(
-            f"costs and routes need the memory backend for now, not {self.name} "
-            f"(asked: {[(c.key, c.cost) for c in paying]!r})"
-        )
+        many = [c._replace(windows=self._with_margin(c.windows)) for c in paying]
+        start = time.monotonic()
+        for last_round in (False, True):  # as in acquire
+            if self._fallback is not None and self._skip_backend(time.monotonic()):
+                token = self._fallback_take(
+                    key, paying, deadline, start, priority, only_while_down=True
+                )
+                if token is not None:
+                    return token
+            backend_token = self._backend_take(
+                key, paying, many, deadline, start, priority, last_round
+            )
+            if backend_token is not None:
+                return backend_token
+        raise AssertionError("unreachable: the last round always returns a token")
+
+    def _with_margin(self, windows: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
+        """``(limit, ms)`` windows, each longer by this limiter's margin."""
+        return tuple((limit, ms + self._margin_ms) for limit, ms in windows)
 
     def correct(self, token: Token, key: str, cost: int) -> None:
-        """Nothing to correct: costs other than one token per call are not shared yet
-        (see :meth:`take`)."""
+        """Make ``token``'s charge on ``key`` cost ``cost`` instead, for every process (see
+        :meth:`Limiter.correct`). A backend failure is only logged."""
+        handle = token.handle
+        if handle is None:
+            return
+        if isinstance(handle, _FallbackHandle):
+            assert self._fallback is not None
+            self._fallback.correct(handle.token, key, cost)
+            return
+        try:
+            self._correct(token, key, cost)
+        except self._errors as exc:
+            log.debug("syncfetch: could not correct a charge on %s: %s", self.name, exc)
+
+    def _backend_take(
+        self,
+        key: str,
+        paying: list[Charge],
+        many: list[Charge],
+        deadline: float | None,
+        start: float,
+        priority: int,
+        last_round: bool,
+    ) -> Token | None:
+        """:meth:`_backend_acquire` for :meth:`take`'s charges (``many``: with the margin)."""
+        bound = BACKEND_DEADLINE.set(math.inf if deadline is None else deadline)
+        try:
+            if self._fallback is not None and (self._down or self._outage):
+                self._recover()
+            token = self._take_many(key, many, deadline, start, priority)
+        except RequestException:
+            raise
+        except OutOfTime as exc:
+            raise RateLimitExceeded(
+                f"rate-limit backend {self.name} stayed busy past max_wait", key=key
+            ) from exc
+        except self._errors as exc:
+            self.sleep(0)  # closed meanwhile: SessionClosed
+            self._mark_down(exc)
+            if self._fallback is None:
+                raise BackendUnavailable(
+                    f"rate-limit backend {self.name} is unavailable: {exc}"
+                ) from exc
+            return self._fallback_take(
+                key, paying, deadline, start, priority, only_while_down=not last_round
+            )
+        finally:
+            BACKEND_DEADLINE.reset(bound)
+        if self._down:
+            self._mark_up()
+        if self._fallback is not None:
+            for charge in paying:
+                self._fallback.record(charge.key, charge.cost, charge.windows)
+        token.on_sent = self.sent
+        return token
+
+    def _fallback_take(
+        self,
+        key: str,
+        paying: list[Charge],
+        deadline: float | None,
+        start: float,
+        priority: int,
+        *,
+        only_while_down: bool,
+    ) -> Token | None:
+        """:meth:`_fallback_acquire` for :meth:`take`'s charges."""
+        assert self._fallback is not None
+        token = self._fallback.take(key, paying, deadline, priority)
+        now = time.monotonic()
+        with self._state_lock:
+            if only_while_down and (self._recovering or not self._down):
+                return None
+            for charge in paying:
+                horizon = max(ms for _, ms in charge.windows) + self._margin_ms
+                self._outage.extend([(charge.key, now, horizon)] * charge.cost)
+            self._trim_outage(now)
+        return Token(key, _FallbackHandle(token), now - start, on_sent=self.sent)
 
     def _backend_acquire(
         self, key: str, deadline: float | None, start: float, last_round: bool
@@ -412,11 +524,16 @@ class SharedLimiter:
         with self._state_lock:
             if only_while_down and (self._recovering or not self._down):
                 return None
-            outage = self._outage
-            outage.append((key, now))
-            while outage and (now - outage[0][1]) * 1000 >= self._horizon_ms:
-                outage.popleft()
+            self._outage.append((key, now, self._horizon_ms))
+            self._trim_outage(now)
         return Token(key, _FallbackHandle(token), now - start, on_sent=self.sent)
+
+    def _trim_outage(self, now: float) -> None:
+        """Drop the oldest outage tokens that have left their window. Caller holds
+        ``_state_lock``."""
+        outage = self._outage
+        while outage and (now - outage[0][1]) * 1000 >= outage[0][2]:
+            outage.popleft()
 
     def _recover(self) -> None:
         """Write the tokens taken from the fallback within the longest window into the
@@ -451,9 +568,9 @@ class SharedLimiter:
                     return replayed
             now = time.monotonic()
             ages = [
-                (key, max(0, math.floor((now - at) * 1000) - self._settle_cap_ms))
-                for key, at in taken
-                if (now - at) * 1000 < self._horizon_ms
+                (key, max(0, math.floor((now - at) * 1000) - self._settle_cap_ms), horizon)
+                for key, at, horizon in taken
+                if (now - at) * 1000 < horizon
             ]
             try:
                 if ages:
@@ -486,9 +603,28 @@ class SharedLimiter:
     def _paused_for(self, key: str) -> float:
         raise NotImplementedError
 
-    def _replay(self, ages: list[tuple[str, int]]) -> None:
-        """Add one token per ``(key, age in ms)``, dated that long before the backend's now."""
+    def _replay(self, ages: list[tuple[str, int, int]]) -> None:
+        """Add one token per ``(key, age in ms, longest window in ms)``, dated that long
+        before the backend's now, kept for that window."""
         raise NotImplementedError
+
+    def _take_many(
+        self,
+        key: str,
+        charges: Sequence[Charge],
+        deadline: float | None,
+        start: float,
+        priority: int,
+    ) -> Token:
+        """Take every charge (``cost`` tokens of its ``key`` under its ``windows``, the
+        margin included) in one atomic step, all or nothing, waiting as
+        :meth:`Limiter.take` describes; ``priority`` orders waiters where supported.
+        The token's handle is the backend's own: :meth:`_sent`, :meth:`_settle` and
+        :meth:`_correct` must know it."""
+        raise ValueError(f"costs and routes are not supported by {self.name} yet")
+
+    def _correct(self, token: Token, key: str, cost: int) -> None:
+        """Make the charge of ``token`` on ``key`` weigh ``cost`` (see :meth:`correct`)."""
 
     def _reset_after_fork(self) -> None:
         raise NotImplementedError

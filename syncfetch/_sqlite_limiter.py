@@ -666,12 +666,12 @@ class SQLiteLimiter(SharedLimiter):
             )
         row.dated = new
 
-    def _replay(self, ages: list[tuple[str, int]]) -> None:
+    def _replay(self, ages: list[tuple[str, int, int]]) -> None:
         with self._locked(), self._transaction() as conn:
             now = self._now
             conn.executemany(
                 "INSERT INTO syncfetch_log (key, ts, exp) VALUES (?, ?, ?)",
-                [(key, now - age, now - age + self._horizon_ms) for key, age in ages],
+                [(key, now - age, now - age + horizon) for key, age, horizon in ages],
             )
 
     def _pause(self, key: str, seconds: float) -> None:

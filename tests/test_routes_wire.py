@@ -136,7 +136,7 @@ def test_retry_after_pauses_the_most_specific_route_the_response_came_from(
 
 
 def test_routes_with_a_shared_backend_are_refused_for_now(tmp_path: object) -> None:
-    with pytest.raises(ValueError, match="memory store for now"):
+    with pytest.raises(ValueError, match="not supported by store="):
         syncfetch.Session(limits={"*": "1/second"}, store=f"sqlite:///{tmp_path}/l.db")
 
 
