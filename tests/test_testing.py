@@ -309,3 +309,20 @@ def test_fake_api_stop_cuts_keep_alive_connections() -> None:
         with pytest.raises(requests.ConnectionError):
             s.get(two)
     assert api.statuses() == [200]
+
+
+def test_a_child_that_cannot_start_says_why(tmp_path: object) -> None:
+    # A script without the ``if __name__ == "__main__"`` guard: the spawned child re-runs
+    # it, and its own start is refused while it bootstraps. That start used to end in an
+    # AssertionError from join() on a process that never started, hiding the reason.
+    script = tmp_path / "unguarded.py"  # type: ignore[operator]
+    script.write_text(
+        "from syncfetch.testing import FakeAPI\n"
+        "try:\n"
+        "    FakeAPI(process=True).start()\n"
+        "except RuntimeError as exc:\n"
+        "    print('RuntimeError:', exc, flush=True)\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert "AssertionError" not in out.stderr + out.stdout
+    assert out.stdout.startswith("RuntimeError")

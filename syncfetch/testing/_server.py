@@ -699,12 +699,12 @@ class ServerChild:
             if self._conn is not None:
                 with contextlib.suppress(EOFError, OSError):
                     self._conn.send(("stop", ()))
-            if self._proc is not None:
+            if self._proc is not None and self._proc.pid is not None:  # (it started)
                 self._proc.join(5)
                 if self._proc.is_alive():
                     self._proc.terminate()
                     self._proc.join(5)
-                self._proc = None
+            self._proc = None
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
