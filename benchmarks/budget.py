@@ -30,7 +30,8 @@ import requests
 from _report import Options, Table, render_text
 
 import syncfetch
-from syncfetch.testing._server import FakeConfig, FakeHandler, FakeServer, ServerChild
+from syncfetch.testing._child import ServerChild
+from syncfetch.testing._server import FakeConfig, FakeHandler, FakeServer
 
 THREADS = 16
 RETRIES = 8

@@ -20,8 +20,9 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
+from .testing._answers import _Decision
 from .testing._meters import Meter, Window
-from .testing._server import RESET, FakeConfig, FakeServer, _Decision
+from .testing._server import RESET, FakeConfig, FakeServer
 
 if TYPE_CHECKING:
     from .testing import FakeAPI

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
 
+from syncfetch.testing._child import ServerChild
 from syncfetch.testing._meters import Meter, Window
-from syncfetch.testing._server import FakeConfig, FakeHandler, FakeServer, ServerChild
+from syncfetch.testing._server import FakeConfig, FakeHandler, FakeServer
 
 __all__ = ["Headers", "Record", "ScriptedServer", "ServerProcess", "Step", "http_date"]
 

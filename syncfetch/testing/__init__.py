@@ -26,8 +26,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 
 from .._rates import parse_rate
+from ._answers import go_duration
+from ._child import ServerChild
 from ._meters import WINDOW_KINDS, Window
-from ._server import DIALECTS, Arrival, FakeConfig, FakeServer, ServerChild, go_duration
+from ._server import DIALECTS, Arrival, FakeConfig, FakeServer
 
 __all__ = ["DIALECTS", "WINDOW_KINDS", "Arrival", "FakeAPI", "Window", "go_duration"]
 

@@ -13,26 +13,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import email.utils
-import gc
-import hashlib
 import json
-import math
-import multiprocessing
-import os
 import random
-import signal
 import socket
 import socketserver
 import struct
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from typing import Any, NamedTuple, TypeVar
 
+from ._answers import _Decision, answer
 from ._meters import Meter, Window
 
 _F = TypeVar("_F", bound="FakeServer")
@@ -53,9 +46,6 @@ DIALECTS = (
 RESET = 0
 # An admitted request processed in full whose answer is lost (the connection is reset).
 _LOST = -1
-# A fake provider outlives no test run: it stops by itself after this long, or when its
-# parent dies.
-MAX_LIFE = 3600.0
 _REASONS = {
     200: "OK",
     403: "Forbidden",
@@ -101,18 +91,6 @@ class Arrival(NamedTuple):
     status: int
     cost: int
     headers: Mapping[str, str]
-
-
-@dataclasses.dataclass
-class _Decision:
-    status: int
-    wait: float
-    cost: int
-    refused_by: Window | None
-    state: list[tuple[Window, float, float]]  # (window, remaining, reset_in) that apply
-    replayed: bool = False
-    resource: int = 0
-    reply: tuple[int, dict[str, str], Any] = (0, {}, None)  # status, headers, body as sent
 
 
 # Errors a client can legitimately cause by going away mid-exchange.
@@ -327,178 +305,6 @@ class FakeServer(ThreadingHTTPServer):
             self._arrivals.clear()
 
 
-# -- each provider's answer ---------------------------------------------------------------------
-
-
-def go_duration(seconds: float) -> str:
-    """A duration as OpenAI writes it: ``12ms``, ``1s``, ``6m0s``, ``1h2m3.5s``."""
-    if seconds < 1:
-        return f"{max(0, math.ceil(seconds * 1000))}ms"
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    text = f"{round(secs, 3):g}s"
-    if hours:
-        return f"{int(hours)}h{int(minutes)}m{text}"
-    return f"{int(minutes)}m{text}" if minutes else text
-
-
-def _interval(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{max(1, round(seconds))}s"
-
-
-def _first(
-    d: _Decision, unit: str, routed: bool | None = None
-) -> tuple[Window, float, float] | None:
-    for state in d.state:
-        window = state[0]
-        if window.unit == unit and (routed is None or (window.route is not None) == routed):
-            return state
-    return None
-
-
-def answer(dialect: str, d: _Decision, retry_after: bool) -> tuple[int, dict[str, str], Any]:
-    """Status, headers and JSON body for a decision, in ``dialect``."""
-    status, headers = d.status, {}
-    seconds = max(1, math.ceil(d.wait))
-    body: Any = {"ok": True, "id": d.resource} if status == 200 else {"error": "unavailable"}
-    if status in (429, 418):
-        body = {"error": "rate limited", "retry_after": seconds}
-        if retry_after:
-            headers["Retry-After"] = str(seconds)
-    if status == 503 and retry_after and d.wait:
-        headers["Retry-After"] = str(seconds)
-    now = time.time()
-    if dialect == "ietf":
-        state = _first(d, "requests") or _first(d, "cost")
-        if state is not None:
-            w, left, reset = state
-            headers["RateLimit-Policy"] = f'"default";q={w.count};w={math.ceil(w.seconds)}'
-            headers["RateLimit"] = f'"default";r={int(left)};t={math.ceil(reset)}'
-    elif dialect == "github":
-        primary = _first(d, "requests", routed=False)
-        if primary is not None:
-            w, left, reset = primary
-            headers.update(
-                {
-                    "X-RateLimit-Limit": str(w.count),
-                    "X-RateLimit-Remaining": str(int(left)),
-                    "X-RateLimit-Used": str(w.count - int(left)),
-                    "X-RateLimit-Reset": str(math.ceil(now + reset)),
-                    "X-RateLimit-Resource": "core",
-                }
-            )
-        if status == 429:
-            status = 403  # GitHub throttles with 403 (primary: remaining 0; secondary: Retry-After)
-            secondary = d.refused_by is not None and d.refused_by.route is not None
-            headers.pop("Retry-After", None)
-            if secondary:
-                headers["Retry-After"] = str(seconds)
-            kind = "a secondary rate limit" if secondary else "API rate limit exceeded"
-            body = {"message": f"You have exceeded {kind}", "documentation_url": "fake"}
-    elif dialect == "stripe":
-        headers["Request-Id"] = f"req_{d.resource or 0}"
-        if d.replayed:
-            headers["Idempotent-Replayed"] = "true"
-        if status == 200:
-            body = {"id": f"ch_{d.resource}", "object": "charge"}
-        if status == 429:
-            headers.pop("Retry-After", None)  # Stripe sends none
-            body = {"error": {"type": "rate_limit_error", "code": "rate_limit"}}
-    elif dialect == "shopify":
-        state = _first(d, "cost")
-        if state is not None:
-            w, left, _ = state
-            cost = {
-                "requestedQueryCost": d.cost,
-                "actualQueryCost": d.cost if status == 200 else None,
-                "throttleStatus": {
-                    "maximumAvailable": float(w.count),
-                    "currentlyAvailable": round(left, 1),
-                    "restoreRate": round(w.count / w.seconds, 3),
-                },
-            }
-            body = {"data": {"ok": True, "id": d.resource}, "extensions": {"cost": cost}}
-            if status == 429:
-                # GraphQL answers a throttle with 200 and an error in the body.
-                status = 200
-                headers.pop("Retry-After", None)
-                body = {
-                    "errors": [{"message": "Throttled", "extensions": {"code": "THROTTLED"}}],
-                    "extensions": {"cost": cost},
-                }
-    elif dialect == "openai":
-        for unit, kind in (("requests", "requests"), ("cost", "tokens")):
-            state = _first(d, unit)
-            if state is not None:
-                w, left, reset = state
-                headers[f"x-ratelimit-limit-{kind}"] = str(w.count)
-                headers[f"x-ratelimit-remaining-{kind}"] = str(int(left))
-                headers[f"x-ratelimit-reset-{kind}"] = go_duration(reset)
-        if status == 429:
-            headers.pop("Retry-After", None)
-            kind = (
-                "tokens" if d.refused_by is not None and d.refused_by.unit == "cost" else "requests"
-            )
-            body = {
-                "error": {
-                    "message": f"Rate limit reached for {kind}",
-                    "type": kind,
-                    "code": "rate_limit_exceeded",
-                }
-            }
-    elif dialect == "discord":
-        state = _first(d, "requests", routed=True) or _first(d, "requests")
-        if state is not None:
-            w, left, reset = state
-            route = w.route or "global"
-            headers.update(
-                {
-                    "X-RateLimit-Limit": str(w.count),
-                    "X-RateLimit-Remaining": str(int(left)),
-                    "X-RateLimit-Reset": f"{now + reset:.3f}",
-                    "X-RateLimit-Reset-After": f"{reset:.3f}",
-                    "X-RateLimit-Bucket": hashlib.sha1(route.encode()).hexdigest()[:16],
-                }
-            )
-        if status == 429:
-            is_global = d.refused_by is not None and d.refused_by.route is None
-            headers["X-RateLimit-Scope"] = "global" if is_global else "user"
-            if is_global:
-                headers["X-RateLimit-Global"] = "true"
-            body = {
-                "message": "You are being rate limited.",
-                "retry_after": round(d.wait, 3),
-                "global": is_global,
-            }
-    elif dialect == "salesforce":
-        state = _first(d, "requests", routed=False)
-        if state is not None:
-            w, left, _ = state
-            headers["Sforce-Limit-Info"] = f"api-usage={w.count - int(left)}/{w.count}"
-        if status == 429:
-            status = 403
-            headers.pop("Retry-After", None)
-            body = [
-                {"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}
-            ]
-    elif dialect == "binance":
-        for w, left, _ in d.state:
-            if w.unit == "cost":
-                used = w.count - int(left)
-                headers[f"X-MBX-USED-WEIGHT-{_interval(w.seconds).upper()}"] = str(used)
-        if status in (429, 418):
-            code = -1003
-            body = {
-                "code": code,
-                "msg": "Too much request weight used; "
-                + ("IP banned" if status == 418 else "please use the websocket"),
-            }
-    return status, headers, body
-
-
 class FakeHandler(BaseHTTPRequestHandler):
     """Hands every request, whatever its method, to ``server.respond``; helpers to answer."""
 
@@ -599,112 +405,3 @@ class FakeHandler(BaseHTTPRequestHandler):
         # rfile holds a makefile() reference; the fd (and the RST) only goes once it is closed.
         self.rfile.close()
         self.connection.close()
-
-
-# -- a process of its own -----------------------------------------------------------------
-
-
-def _child(factory: Callable[[], FakeServer], conn: Connection, parent: int) -> None:
-    """Child process body: serve and answer commands until told to stop (or orphaned)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us in its finally
-    server = factory()
-    # What the imports left is never garbage: keep the collector's pauses (which hold up the
-    # stamping of arrivals) to what serving allocates.
-    gc.freeze()
-    server.start()
-    conn.send(server.port)
-    end = time.monotonic() + MAX_LIFE
-    with contextlib.suppress(EOFError, OSError):
-        while os.getppid() == parent and time.monotonic() < end:
-            if not conn.poll(0.2):
-                continue
-            name, args = conn.recv()
-            if name == "stop":
-                break
-            try:
-                conn.send((True, server.command(name, *args)))
-            except (TypeError, ValueError) as exc:
-                conn.send((False, exc))
-    server.stop()
-
-
-class ServerChild:
-    """A :class:`FakeServer` in a process of its own (``spawn``), driven over a pipe.
-
-    A server in the client's process stamps arrivals when its handler thread gets the GIL,
-    which the client's threads hold: late by a delay no client can see. This one has its
-    own GIL. It stops with its parent, or after :data:`MAX_LIFE` seconds.
-
-    :param factory: builds the server in the child (picklable: a class, a
-        ``functools.partial``, a module-level function).
-    """
-
-    def __init__(self, factory: Callable[[], FakeServer]) -> None:
-        self.factory = factory
-        self.port = 0
-        # _lock guards the pipe: one command and its answer at a time.
-        self._lock = threading.Lock()
-        self._conn: Connection | None = None
-        self._proc: BaseProcess | None = None
-
-    def start(self) -> int:
-        """Start the child and return its port.
-
-        :raises RuntimeError: when it does not come up within 30 s.
-        """
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child_conn = ctx.Pipe()
-        self._proc = ctx.Process(
-            target=_child,
-            args=(self.factory, child_conn, os.getpid()),
-            daemon=True,
-            name="fake-api",
-        )
-        try:
-            self._proc.start()
-            child_conn.close()
-            if not self._conn.poll(30):
-                raise EOFError
-            self.port = int(self._conn.recv())
-        except (EOFError, OSError):
-            self.stop()
-            raise RuntimeError("the fake API did not start within 30 s") from None
-        except BaseException:
-            self.stop()
-            raise
-        return self.port
-
-    def call(self, name: str, *args: Any) -> Any:
-        """Run ``server.command(name, *args)`` in the child and return its answer.
-
-        :raises RuntimeError: when the child is gone or does not answer within 30 s.
-        """
-        with self._lock:
-            if self._conn is None:
-                raise RuntimeError("the fake API is not running")
-            try:
-                self._conn.send((name, args))
-                if not self._conn.poll(30):
-                    raise EOFError
-                ok, value = self._conn.recv()
-            except (EOFError, OSError):
-                raise RuntimeError("the fake API's process ended") from None
-        if not ok:
-            raise value
-        return value
-
-    def stop(self) -> None:
-        """Stop the child (idempotent)."""
-        with self._lock:
-            if self._conn is not None:
-                with contextlib.suppress(EOFError, OSError):
-                    self._conn.send(("stop", ()))
-            if self._proc is not None and self._proc.pid is not None:  # (it started)
-                self._proc.join(5)
-                if self._proc.is_alive():
-                    self._proc.terminate()
-                    self._proc.join(5)
-            self._proc = None
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
