@@ -111,11 +111,20 @@ def test_retry_after_delay_seconds(digits: str, space: str) -> None:
     assert wait == min(float(digits), MAX_PAUSE)
 
 
+# Digits beyond ASCII ("٣", "²", "①"): str.isdigit() and int() accept some of them.
+_OTHER_DIGITS = [chr(c) for c in range(0x80, 0x20000) if chr(c).isdigit()]
+
+
 @PROPERTY
-@given(st.text(st.characters(categories=("Nd", "No")), min_size=1, max_size=10))
-def test_retry_after_counts_only_ascii_digits(value: str) -> None:
-    assume(value.isdigit() and not value.isascii())
-    assert parse_retry_after(value) is None
+@given(
+    st.text(st.sampled_from(_OTHER_DIGITS), min_size=1, max_size=5),
+    st.text(alphabet="0123456789", max_size=5),
+)
+def test_retry_after_counts_only_ascii_digits(other: str, ascii_digits: str) -> None:
+    # (Drawn without assume(): filtering the "Nd"/"No" categories for digits rejected
+    # so many inputs that Hypothesis' health check failed a full run.)
+    assert parse_retry_after(ascii_digits + other) is None
+    assert parse_retry_after(other + ascii_digits) is None
 
 
 @PROPERTY
