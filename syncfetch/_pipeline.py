@@ -29,7 +29,7 @@ from ._events import MIN_WAIT, Event, Hub, redacted
 from ._exceptions import DeadlineExceeded, RateLimitExceeded, SessionClosed
 from ._feedback import COOLDOWN_STATUSES, is_throttle, server_wait
 from ._limiter import Charge, Limiter, Token
-from ._options import CallOptions
+from ._options import UNSET, CallOptions
 from ._redact import safe_url
 from ._retry import (
     RetryPolicy,
@@ -148,6 +148,32 @@ def _read_timeout(timeout: Any) -> float | None:
     if isinstance(timeout, tuple):
         timeout = timeout[1]
     return timeout if isinstance(timeout, (int, float)) else None
+
+
+def _route_options(
+    charges: list[Charge], options: CallOptions, timeout: Any
+) -> tuple[CallOptions, Any, bool]:
+    """The call's ``options`` and ``timeout`` with its routes' own ``retry``,
+    ``max_wait`` and ``timeout``: for each, the most specific route setting it (charges
+    run least specific first), unless the call set it itself.
+
+    :returns: the options, the timeout, and whether the retry policy is a route's.
+    """
+    changes: dict[str, Any] = {}
+    for name in ("retry", "max_wait", "timeout"):
+        if name in options.given:
+            continue
+        for charge in reversed(charges):
+            value = getattr(charge.route, name, UNSET)
+            if value is not UNSET:
+                changes[name] = value
+                break
+    if not changes:
+        return options, timeout, False
+    timeout = changes.pop("timeout", timeout)
+    if changes:
+        options = dataclasses.replace(options, **changes)
+    return options, timeout, "retry" in changes
 
 
 def _mentions_quota(headers: Any) -> bool:
@@ -368,11 +394,17 @@ class Pipeline:
         call = CURRENT_CALL.get()
         deadline = call.deadline if call is not None else None
         options = call.options if call is not None and call.options is not None else self.options
-        policy = options.retry
         key = bucket_key(request.url, self.per_host)
         charges = self._charges(request, key, call)
         stream = bool(kwargs.get("stream"))
         timeout = kwargs.pop("timeout", None)
+        if charges and self.routes is not None:
+            options, timeout, own_retry = _route_options(charges, options, timeout)
+            if own_retry and call is not None and call.attempts == 0:
+                # A route's own retry policy: its deadline starts with the call's first hop.
+                limit = options.retry.deadline
+                deadline = call.deadline = None if limit is None else time.monotonic() + limit
+        policy = options.retry
         if deadline is not None and not isinstance(timeout, (Urllib3Timeout, type(None))):
             # Shrunk to the deadline below: refused first, as requests' adapter would.
             _timeout_pair(timeout)
