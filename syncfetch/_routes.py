@@ -72,9 +72,11 @@ class Route:
     :param settle: a function of the response returning what the call truly cost
         (Shopify's ``actualQueryCost``, OpenAI's ``usage``): the charge is corrected to
         it, refunding or charging the difference, so the next calls see the true
-        balance. Called on every attempt's response (its body read; a streamed
-        response's body is not, so ``settle`` is not called for it). A function that
-        raises or returns no whole number >= 0 leaves the charge as it was (logged).
+        balance. Called on every attempt's response once its body is read; for a
+        ``stream=True`` response, once, when its body has been read to the end or it is
+        closed (read or not: the function may read only headers then; a streamed
+        response dropped unread and unclosed is not settled). A function that raises or
+        returns no whole number >= 0 leaves the charge as it was (logged, never raised).
     :param free: statuses the provider does not count (a 304 to a conditional request,
         for GitHub): an attempt answered with one is refunded on this route.
     :param retry: the retries of calls to this route, in the forms ``Session(retry=...)``
@@ -239,7 +241,8 @@ def parse_pattern(pattern: str) -> tuple[str | None, str, tuple[str, ...]]:
 def corrected(route: Route, response: Response, charged: int, read: bool) -> int:
     """What ``response``'s attempt truly cost on ``route`` (``charged`` when unknown).
 
-    :param read: whether the body was read (``settle`` is called only then).
+    :param read: whether the body was read, or a streamed response consumed or closed
+        (``settle`` is called only then).
     """
     if response.status_code in route.free:
         return 0
