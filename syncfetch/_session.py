@@ -774,11 +774,11 @@ class Session(requests.Session):
         :param cost: tokens each attempt of this call takes (GraphQL points, weights):
             a whole number >= 0, 1 when not given; 0 takes none. Routes with a cost of
             their own charge that instead (:class:`Route`).
-        :param priority: a whole number, 0 by default: while a call of a higher
-            priority waits for a bucket, lower ones do not take from it; a waiting
-            call's priority rises by one every 10 s (``AGING``), so none starves. Calls
-            of one priority never hold each other back. In this process only (the
-            shared backends ignore it for now).
+        :param priority: a whole number, 0 by default: the calls waiting for a bucket
+            form a line, by priority and then arrival, and a call takes from a bucket
+            only when it has room for the costs of the calls ahead of it too; a waiting
+            call's priority rises by one every 10 s (``AGING``), so none starves. In
+            this process only (the shared backends ignore it for now).
 
         :returns: the response (after retries, the last one).
         :raises RateLimitExceeded: when ``max_wait`` runs out before a slot or token.
