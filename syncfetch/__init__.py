@@ -9,11 +9,12 @@ from ._exceptions import (
     RateLimitExceeded,
     SessionClosed,
 )
+from ._options import UNSET
 from ._rates import parse_rate
 from ._result import Result
 from ._retry import RetryPolicy
 from ._routes import Route
-from ._session import UNSET, Session
+from ._session import Session
 from ._stats import KeyStats, Stats
 from ._timing import is_testing, set_testing
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import collections
 import dataclasses
+import itertools
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -114,9 +115,9 @@ class Limiter(Protocol):
         takes none. ``key`` names the token (the call's origin: response times are kept
         per origin); no charges (or only free ones) take nothing.
 
-        ``priority``: while a call of a higher priority waits for one of the buckets, a
-        lower one does not take from it (see :class:`KeyedLimiter`; the shared limiters
-        ignore it for now).
+        ``priority``: while a call of a higher priority, or an earlier one of the same,
+        waits for one of the buckets, a later or lower one does not take from it (see
+        :class:`KeyedLimiter`; the shared limiters ignore it for now).
 
         :raises ValueError: at once for a cost larger than a limit of its bucket (no
             window can ever hold it), naming the bucket.
@@ -263,39 +264,35 @@ class _Log:
 #: behind interactive calls is not starved: after 10 s it outranks new calls of one
 #: priority higher, after 20 s of two higher, and so on.
 AGING = 10.0
-# A call outranked by a waiter while its buckets have room looks again this soon (the
-# waiter is waking to take them).
+# A call behind a waiter whose turn has come looks again this long after that waiter
+# should have taken (its thread may be late to run).
 _YIELD = 0.002
 
 
 class _Waiter:
-    """A call sleeping until its buckets have room: its priority, since when it waits,
-    and when it looks again."""
+    """A call sleeping until its buckets have room: its place in their lines, and when it
+    looks again.
 
-    __slots__ = ("priority", "since", "wake")
+    Its ``rank`` orders the lines (higher goes first): its priority, raised by one per
+    :data:`AGING` seconds waited, is ``priority + (now - since) / AGING``; every waiter
+    ages alike, so comparing ``priority - since / AGING`` orders them at any ``now``. Ties
+    (one priority, one arrival time) go in arrival order (``seq``).
+    """
 
-    def __init__(self, priority: int, since: float) -> None:
+    __slots__ = ("costs", "priority", "rank", "since", "until", "wake")
+
+    def __init__(self, priority: int, since: float, seq: int = 0) -> None:
         self.priority = priority
         self.since = since
-        self.wake = since
+        self.rank = (priority - since / AGING, -seq)
+        self.wake = since  # when it looks again
+        self.costs: dict[_Log, int] = {}  # its cost in each bucket whose line it is in
+        self.until: dict[_Log, float] = {}  # when each of those should have its turn
 
 
-def _outranked(logs: list[_Log], me: _Waiter, now: float) -> float | None:
-    """When the first call of another priority that outranks ``me`` (its priority, plus
-    one per :data:`AGING` seconds it has waited), waiting for one of ``logs``, looks
-    again; ``None`` when none outranks it."""
-    mine = me.priority + (now - me.since) / AGING
-    wake: float | None = None
-    for log in logs:
-        for other in log.waiters:
-            if (
-                other is not me
-                and other.priority != me.priority
-                and other.priority + (now - other.since) / AGING > mine
-                and (wake is None or other.wake < wake)
-            ):
-                wake = other.wake
-    return wake
+def _holds(other: _Waiter, me: _Waiter) -> bool:
+    """Whether ``other`` goes before ``me`` in a bucket's line (ranks higher)."""
+    return other.rank > me.rank
 
 
 def _reached(
@@ -350,6 +347,7 @@ class KeyedLimiter:
         # so a check-and-take is atomic across threads. Never held while sleeping.
         self._lock = threading.Lock()
         self._logs: dict[str, _Log] = {}
+        self._seq = itertools.count()  # arrival order of waiting calls (under _lock)
         self._times = ResponseTimes()
         self._paused: dict[str, float] = {}
         self._next_sweep = clock() + _SWEEP_EVERY
@@ -428,14 +426,20 @@ class KeyedLimiter:
         One lock makes the check of every bucket and the take of every cost one step;
         no token is held while the call sleeps.
 
-        A call that must wait is entered as a waiter of each of its buckets. While one
-        of another priority, its priority raised by one per :data:`AGING` seconds
-        waited, waits for a bucket the call pays, the call does not take (it looks
-        again when the waiter should have taken). Calls of one priority never hold each
-        other back.
+        A call that must wait is entered in the line of each bucket it cannot take from
+        yet, and sleeps until its own turn. A bucket's line is ordered by priority (each
+        waiting call's raised by one per :data:`AGING` seconds waited), then arrival: a
+        call takes from a bucket only when it has room for the costs of the calls ahead
+        of it in that line as well as its own, never for its own, smaller cost alone;
+        so calls of one priority take in arrival order, and a call waiting for 50
+        tokens is not overtaken by later calls of 1 (when room for all of them appears
+        at once, they take it together). A call waiting for another of its buckets,
+        where this one has room for it, does not hold this one back. Each waiter sleeps
+        until its turn is expected (room for its cost and the costs ahead of it), so
+        the waiters of a bucket wake one by one, not all at once.
 
-        :raises RateLimitExceeded: at once when the wait would pass ``deadline``; no
-            bucket is charged.
+        :raises RateLimitExceeded: at once when the wait, the line ahead included, would
+            pass ``deadline``; no bucket is charged.
         :raises ValueError: for a cost larger than a limit of its bucket.
         """
         needs = [(c.key, self._seconds(c.windows), c.cost) for c in charges if c.cost and c.windows]
@@ -449,67 +453,110 @@ class KeyedLimiter:
         if not needs:
             return Token(key, None, 0.0)
         me: _Waiter | None = None
-        waiting: list[_Log] = []  # the logs ``me`` is entered in
-        start: float | None = None
+        waiting: list[_Log] = []  # the logs whose lines ``me`` is in
         try:
             while True:
                 with self._lock:
                     now = self._clock()
-                    if start is None:
-                        start = now
+                    if me is None:
+                        me = _Waiter(priority, now, next(self._seq))
                     if now >= self._next_sweep:
                         self._sweep(now)
                     wait, binding = 0.0, needs[0][0]
                     logs: list[_Log] = []
-                    lacking: list[_Log] = []  # the buckets without room for this call
+                    blocked: list[tuple[_Log, int, float]] = []  # (log, cost, turn)
                     for name, (windows, horizon), cost in needs:
                         log = self._logs.get(name)
                         if log is None:
                             log = self._logs[name] = _Log()
                         logs.append(log)
-                        need = self._wait(log, windows, horizon, cost, now)
+                        if log.waiters:
+                            need = self._turn(log, windows, horizon, cost, me, now)
+                        else:
+                            need = self._wait(log, windows, horizon, cost, now)
                         if need > 0:
-                            lacking.append(log)
+                            blocked.append((log, cost, now + need))
                         if need > wait:
                             wait, binding = need, name
-                    if me is None:
-                        me = _Waiter(priority, start)
-                    if any(log.waiters for log in logs):
-                        wake = _outranked(logs, me, now)
-                        if wake is not None:
-                            # Look again just after the call ahead should have taken.
-                            wait = max(wait, wake - now + _YIELD, _YIELD)
                     if wait <= 0:
                         handle = tuple(
                             (name, log, cost)
                             for (name, _, cost), log in zip(needs, logs, strict=True)
                         )
-                        token = Token(key, handle, now - start)
+                        token = Token(key, handle, now - me.since)
                         for _, log, cost in handle:
                             log.pending[token] = cost
                         return token
-                    # A waiter of the buckets lacking room only: one with room is not
-                    # held back for this call while it waits for another.
+                    if deadline is not None and now + wait > deadline:
+                        raise RateLimitExceeded(
+                            f"no rate-limit token for {binding} within max_wait "
+                            f"(next in {wait:.3f} s)",
+                            key=binding,
+                            retry_after=wait,
+                        )
+                    # In the lines of the buckets it cannot take from only: one with room
+                    # for it is not held back while it waits for another.
                     me.wake = now + wait
-                    for log in [w for w in waiting if w not in lacking]:
+                    lines = {log for log, _, _ in blocked}
+                    for log in [w for w in waiting if w not in lines]:
                         del log.waiters[me]
+                        del me.costs[log], me.until[log]
                         waiting.remove(log)
-                    for log in lacking:
+                    for log, cost, turn in blocked:
                         if me not in log.waiters:
                             log.waiters[me] = None
                             waiting.append(log)
-                if deadline is not None and now + wait > deadline:
-                    raise RateLimitExceeded(
-                        f"no rate-limit token for {binding} within max_wait (next in {wait:.3f} s)",
-                        key=binding,
-                        retry_after=wait,
-                    )
+                        me.costs[log], me.until[log] = cost, turn
                 self.sleep(wait)
         finally:
             if waiting:
                 with self._lock:
                     for log in waiting:
                         log.waiters.pop(me, None)  # type: ignore[arg-type]
+
+    def _turn(
+        self,
+        log: _Log,
+        windows: tuple[tuple[int, float], ...],
+        horizon: float,
+        cost: int,
+        me: _Waiter,
+        now: float,
+    ) -> float:
+        """Seconds until ``me`` may take ``cost`` from ``log``, behind the calls ahead of
+        it in the log's line (0: now). Under ``_lock``.
+
+        A call ahead holds the line unless it waits for another of its buckets (its turn
+        here comes before its wake) and this one has room for it now. Behind calls that
+        hold it, ``me`` waits for room for their costs and its own; when one window
+        cannot hold them all, until they have taken (just after the last should have).
+        """
+        ahead_cost = 0
+        last: float | None = None  # the latest wake of the calls holding the line
+        for other in log.waiters:
+            if other is me or not _holds(other, me):
+                continue
+            other_cost = other.costs.get(log, 0)
+            if (
+                other.until.get(log, other.wake) < other.wake - _YIELD
+                and self._wait(log, windows, horizon, other_cost, now) <= 0
+            ):
+                continue  # waiting for another bucket, and this one has room for it
+            ahead_cost += other_cost
+            last = other.wake if last is None else max(last, other.wake)
+        if last is None:
+            return self._wait(log, windows, horizon, cost, now)
+        total = ahead_cost + cost
+        limit, window = min(windows)  # the smallest limit: the line moves at its pace
+        if total <= limit:
+            # Room for the calls ahead and this one: taking leaves them theirs. (Waiting
+            # for them to take first would serialize a line, one thread wake per token,
+            # when a burst of room appears.)
+            return self._wait(log, windows, horizon, total, now)
+        # Not room for all of them at once: they take first, a window per limit's worth.
+        rounds = (total - 1) // limit
+        room = self._wait(log, windows, horizon, total - rounds * limit, now) + rounds * window
+        return max(room, last - now + _YIELD, _YIELD)
 
     def _seconds(
         self, windows: tuple[tuple[int, int], ...]

@@ -10,6 +10,27 @@ from typing import Any
 from ._retry import RetryPolicy
 
 
+class _Unset:
+    """Type of :data:`UNSET`."""
+
+    _instance: _Unset | None = None
+
+    def __new__(cls) -> _Unset:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "syncfetch.UNSET"
+
+    def __reduce__(self) -> str:
+        return "UNSET"
+
+
+#: "Argument not passed": lets ``timeout=None`` (no timeout) differ from no timeout given.
+UNSET: Any = _Unset()
+
+
 def check_max_wait(value: Any) -> float | None:
     """``max_wait`` as stored: ``None`` or finite seconds >= 0.
 
@@ -65,12 +86,15 @@ class CallOptions:
     :ivar max_wait: longest each attempt waits for a slot and a token.
     :ivar cost: tokens each attempt takes (routes with a cost of their own charge that).
     :ivar priority: higher takes a free token ahead of waiting lower ones.
+    :ivar given: the options the call set itself (``"timeout"`` included): a route's
+        own ``retry``, ``timeout`` or ``max_wait`` gives way to them.
     """
 
     retry: RetryPolicy
     max_wait: float | None
     cost: int = 1
     priority: int = 0
+    given: frozenset[str] = frozenset()
 
 
 #: The keywords a call may pass for itself, each with the check that turns it into
@@ -99,6 +123,15 @@ def check_overrides(given: Mapping[str, Any]) -> dict[str, Any]:
     return checked
 
 
-def resolve(defaults: CallOptions, overrides: Mapping[str, Any] | None) -> CallOptions:
-    """``defaults`` with the checked ``overrides`` applied."""
-    return dataclasses.replace(defaults, **overrides) if overrides else defaults
+def resolve(
+    defaults: CallOptions, overrides: Mapping[str, Any] | None, timeout: bool = False
+) -> CallOptions:
+    """``defaults`` with the checked ``overrides`` applied.
+
+    :param timeout: whether the call passed its own ``timeout`` (carried in the request's
+        keywords, not here: noted in ``given``).
+    """
+    if not overrides and not timeout:
+        return defaults
+    given = frozenset(overrides or ()) | ({"timeout"} if timeout else frozenset())
+    return dataclasses.replace(defaults, **(overrides or {}), given=given)

@@ -10,7 +10,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -29,7 +29,7 @@ from ._events import MIN_WAIT, Event, Hub, redacted
 from ._exceptions import DeadlineExceeded, RateLimitExceeded, SessionClosed
 from ._feedback import COOLDOWN_STATUSES, is_throttle, server_wait
 from ._limiter import Charge, Limiter, Token
-from ._options import CallOptions
+from ._options import UNSET, CallOptions
 from ._redact import safe_url
 from ._retry import (
     RetryPolicy,
@@ -150,6 +150,37 @@ def _read_timeout(timeout: Any) -> float | None:
     return timeout if isinstance(timeout, (int, float)) else None
 
 
+def _route_options(
+    charges: list[Charge], options: CallOptions, timeout: Any
+) -> tuple[CallOptions, Any, bool]:
+    """The call's ``options`` and ``timeout`` with its routes' own ``retry``,
+    ``max_wait`` and ``timeout``: for each, the most specific route setting it (charges
+    run least specific first), unless the call set it itself.
+
+    :returns: the options, the timeout, and whether the retry policy is a route's.
+    """
+    changes: dict[str, Any] = {}
+    for name in ("retry", "max_wait", "timeout"):
+        if name in options.given:
+            continue
+        for charge in reversed(charges):
+            value = getattr(charge.route, name, UNSET)
+            if value is not UNSET:
+                changes[name] = value
+                break
+    if not changes:
+        return options, timeout, False
+    timeout = changes.pop("timeout", timeout)
+    if changes:
+        options = dataclasses.replace(options, **changes)
+    return options, timeout, "retry" in changes
+
+
+def _settles(charges: list[Charge]) -> bool:
+    """Whether a route of ``charges`` has a ``settle`` function."""
+    return any(c.route is not None and c.route.settle is not None for c in charges)
+
+
 def _mentions_quota(headers: Any) -> bool:
     """Whether any header name could carry a quota (it mentions "rate" or "limit").
 
@@ -161,17 +192,33 @@ def _mentions_quota(headers: Any) -> bool:
     return any("rate" in n or "limit" in n for n in map(str.lower, names))
 
 
-def _hold_until_closed(resp: Response, lease: Lease) -> None:
-    """Keep a streamed response's slot until its connection is released or it is collected."""
+def _hold_until_closed(
+    resp: Response, lease: Lease, on_release: Callable[[], None] | None = None
+) -> None:
+    """Keep a streamed response's slot until its connection is released or it is collected.
+
+    :param on_release: called once, when the connection is first released (the body read
+        to its end, or the response closed), before the slot is freed; whatever it
+        raises is logged, never raised into the reader.
+    """
     raw = resp.raw
     release_conn = getattr(raw, "release_conn", None)
     if release_conn is not None:
+        # A lock taken once, never released: on_release runs at most once, whichever
+        # thread releases first (the reader, or one closing the response).
+        once = threading.Lock()
 
         def release_then_free() -> None:
             try:
                 release_conn()
             finally:
-                lease.release()
+                try:
+                    if on_release is not None and once.acquire(blocking=False):
+                        on_release()
+                except Exception as exc:  # never into the caller reading the body
+                    log.warning("syncfetch: settling a streamed response failed: %r", exc)
+                finally:
+                    lease.release()
 
         raw.release_conn = release_then_free
     # A response dropped unread would hold its slot and its socket for ever: when it
@@ -368,11 +415,17 @@ class Pipeline:
         call = CURRENT_CALL.get()
         deadline = call.deadline if call is not None else None
         options = call.options if call is not None and call.options is not None else self.options
-        policy = options.retry
         key = bucket_key(request.url, self.per_host)
         charges = self._charges(request, key, call)
         stream = bool(kwargs.get("stream"))
         timeout = kwargs.pop("timeout", None)
+        if charges and self.routes is not None:
+            options, timeout, own_retry = _route_options(charges, options, timeout)
+            if own_retry and call is not None and call.attempts == 0:
+                # A route's own retry policy: its deadline starts with the call's first hop.
+                limit = options.retry.deadline
+                deadline = call.deadline = None if limit is None else time.monotonic() + limit
+        policy = options.retry
         if deadline is not None and not isinstance(timeout, (Urllib3Timeout, type(None))):
             # Shrunk to the deadline below: refused first, as requests' adapter would.
             _timeout_pair(timeout)
@@ -513,6 +566,23 @@ class Pipeline:
             if cost != charge.cost:
                 self.limiter.correct(token, charge.key, cost)
 
+    def _settle_later(
+        self, charges: list[Charge], token: Token, resp: Response
+    ) -> Callable[[], None]:
+        """What settles a streamed ``resp`` once its body is read or it is closed.
+
+        It holds the response weakly: a strong reference from its connection's release
+        would keep a dropped response from being collected (and its slot freed).
+        """
+        ref = weakref.ref(resp)
+
+        def settle() -> None:
+            later = ref()
+            if later is not None:
+                self._correct(charges, token, later, True)
+
+        return settle
+
     def _retryable(self, resp: Response, policy: RetryPolicy) -> bool:
         statuses = policy.statuses
         return resp.status_code in statuses or (
@@ -571,6 +641,8 @@ class Pipeline:
                 resp.close()
                 raise
             if charges:
+                # A streamed body is not read yet: free statuses now, settle once it has
+                # been consumed or closed (below, or when its connection is released).
                 self._correct(charges, token, resp, not stream)
             status = resp.status_code
             throttled = is_throttle(status, resp.headers)
@@ -578,15 +650,20 @@ class Pipeline:
                 self.adaptive.on_response(
                     key, sent_at, throttled or (status == 503 and "Retry-After" in resp.headers)
                 )
+            # The charges a streamed response settles once its body is read or closed.
+            unsettled = charges if stream and charges and _settles(charges) else None
             if self._retryable(resp, policy):
                 consume_quietly(resp)
+                if unsettled:
+                    self._correct(unsettled, token, resp, True)
             else:
                 if self.budget is not None:
                     self.budget.record_success(key)  # an answer refunds the retry budget
                 if stream:
                     # Released from several places (consumed, closed, collected): a lease
                     # makes the release happen once.
-                    _hold_until_closed(resp, Lease(slot))
+                    settle = self._settle_later(unsettled, token, resp) if unsettled else None
+                    _hold_until_closed(resp, Lease(slot), settle)
                     handed_over = True
             self.stats.status(key, status, **counts)
             if self.events is not None:

@@ -18,9 +18,10 @@ from pyrate_limiter import Rate
 from requests import PreparedRequest, Response
 
 from ._limiter import Charge
-from ._options import check_cost
+from ._options import UNSET, check_cost, check_max_wait
 from ._pipeline import _origin_key, bucket_key
 from ._rates import LimitsArg, normalize_limits
+from ._retry import RetryPolicy
 
 log = logging.getLogger("syncfetch")
 
@@ -34,6 +35,10 @@ ANY_ORIGIN = "*"
 #: A route's cost: ``None`` (the call's cost, 1 unless the call passes ``cost=``), a
 #: whole number, costs by method (``{"GET": 1, "*": 5}``), or a function of the request.
 CostArg: TypeAlias = "int | Mapping[str, int] | Callable[[PreparedRequest], int] | None"
+#: Seconds, a ``(connect, read)`` pair (either may be None), or None for no timeout.
+TimeoutArg: TypeAlias = "float | tuple[float | None, float | None] | None"
+#: What a table may give (JSON, TOML): :class:`Route`'s arguments.
+_TABLE_KEYS = frozenset({"limits", "cost", "free", "retry", "timeout", "max_wait"})
 
 _PATTERN = re.compile(
     r"(?:(?P<method>[A-Za-z]+) +)?(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://"
@@ -67,18 +72,36 @@ class Route:
     :param settle: a function of the response returning what the call truly cost
         (Shopify's ``actualQueryCost``, OpenAI's ``usage``): the charge is corrected to
         it, refunding or charging the difference, so the next calls see the true
-        balance. Called on every attempt's response (its body read; a streamed
-        response's body is not, so ``settle`` is not called for it). A function that
-        raises or returns no whole number >= 0 leaves the charge as it was (logged).
+        balance. Called on every attempt's response once its body is read; for a
+        ``stream=True`` response, once, when its body has been read to the end or it is
+        closed (read or not: the function may read only headers then; a streamed
+        response dropped unread and unclosed is not settled). A function that raises or
+        returns no whole number >= 0 leaves the charge as it was (logged, never raised).
     :param free: statuses the provider does not count (a 304 to a conditional request,
         for GitHub): an attempt answered with one is refunded on this route.
-    :raises ValueError: for an invalid rate, cost or status, naming it.
+    :param retry: the retries of calls to this route, in the forms ``Session(retry=...)``
+        takes (a :class:`RetryPolicy`, a number of retries, ``None`` for none).
+    :param timeout: the per-attempt timeout of calls to this route, as
+        ``Session(timeout=...)`` takes it (seconds, a ``(connect, read)`` pair, ``None``
+        for none).
+    :param max_wait: how long calls to this route wait for a slot and a token, as
+        ``Session(max_wait=...)`` takes it (``None``: as long as needed).
+
+        Each of ``retry``, ``timeout`` and ``max_wait`` left :data:`UNSET` is not set by
+        the route. A call's own argument wins, then the most specific route the request
+        pays that sets it, then the session's. Each redirect hop runs under the routes of
+        its own URL (a ``retry`` deadline starts with the call's first hop).
+    :raises ValueError: for an invalid rate, cost, status, retry, timeout or max_wait,
+        naming it.
     """
 
     limits: LimitsArg
     cost: CostArg = None
     settle: Callable[[Response], int] | None = None
     free: Collection[int] = frozenset()
+    retry: RetryPolicy | int | None = UNSET
+    timeout: TimeoutArg = UNSET
+    max_wait: float | None = UNSET
     #: The binding rates, shortest interval first.
     rates: tuple[Rate, ...] = dataclasses.field(init=False, repr=False, compare=False)
 
@@ -94,6 +117,14 @@ class Route:
             if not (_is_count(status) and 100 <= status <= 599):
                 raise ValueError(f"free statuses must be HTTP statuses, not {status!r}")
         object.__setattr__(self, "free", statuses)
+        if self.retry is not UNSET:
+            object.__setattr__(self, "retry", RetryPolicy.coerce(self.retry))
+        if self.timeout is not UNSET:
+            from ._session import _check_timeout  # here: _session imports this module
+
+            _check_timeout(self.timeout)
+        if self.max_wait is not UNSET:
+            object.__setattr__(self, "max_wait", check_max_wait(self.max_wait))
         cost = self.cost
         if cost is None or callable(cost) or _is_count(cost):
             return
@@ -210,7 +241,8 @@ def parse_pattern(pattern: str) -> tuple[str | None, str, tuple[str, ...]]:
 def corrected(route: Route, response: Response, charged: int, read: bool) -> int:
     """What ``response``'s attempt truly cost on ``route`` (``charged`` when unknown).
 
-    :param read: whether the body was read (``settle`` is called only then).
+    :param read: whether the body was read, or a streamed response consumed or closed
+        (``settle`` is called only then).
     """
     if response.status_code in route.free:
         return 0
@@ -233,13 +265,32 @@ def _route_of(value: Any) -> Route:
     if isinstance(value, Route):
         return value
     if isinstance(value, Mapping):
-        unknown = set(value) - {"limits", "cost", "free"}
+        unknown = set(value) - _TABLE_KEYS
         if unknown or "limits" not in value:
             raise ValueError(
-                "a route given as a table takes 'limits' and optionally 'cost' and 'free', "
-                f"not {dict(value)!r}"
+                "a route given as a table takes 'limits' and optionally 'cost', 'free', "
+                f"'retry', 'timeout' and 'max_wait', not {dict(value)!r}"
             )
-        return Route(value["limits"], cost=value.get("cost"), free=value.get("free", ()))
+        table = dict(value)
+        # As a settings file gives a Session's: a RetryPolicy as a table of its fields,
+        # a (connect, read) timeout as a two-item list.
+        retry = table.get("retry", UNSET)
+        if isinstance(retry, Mapping):
+            try:
+                retry = RetryPolicy(**retry)
+            except TypeError as exc:
+                raise ValueError(f"'retry' is not a valid RetryPolicy: {exc}") from None
+        timeout = table.get("timeout", UNSET)
+        if isinstance(timeout, list):
+            timeout = tuple(timeout)
+        return Route(
+            table["limits"],
+            cost=table.get("cost"),
+            free=table.get("free", ()),
+            retry=retry,
+            timeout=timeout,
+            max_wait=table.get("max_wait", UNSET),
+        )
     return Route(value)
 
 

@@ -34,7 +34,7 @@ from ._events import EventHook, hooks_of
 from ._exceptions import SessionClosed
 from ._executor import BoundedExecutor
 from ._limiter import DEFAULT_ARRIVAL, KeyedLimiter, Limiter
-from ._options import check_max_wait, check_overrides, resolve
+from ._options import UNSET, check_max_wait, check_overrides, resolve
 from ._pipeline import CURRENT_CALL, Call, Pipeline, _timeout_pair, bucket_key
 from ._progress import track
 from ._rates import LimitsArg, normalize_limits
@@ -48,26 +48,6 @@ from ._wire import TimedAdapter
 if TYPE_CHECKING:
     from redis import Redis
 
-
-class _Unset:
-    """Type of :data:`UNSET`."""
-
-    _instance: _Unset | None = None
-
-    def __new__(cls) -> _Unset:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "syncfetch.UNSET"
-
-    def __reduce__(self) -> str:
-        return "UNSET"
-
-
-#: "Argument not passed": lets ``timeout=None`` (no timeout) differ from no timeout given.
-UNSET: Any = _Unset()
 
 DEFAULT_TIMEOUT = (3.05, 30.0)
 # Covers millisecond rounding of the shared backends' token times; the delay between a
@@ -269,10 +249,11 @@ def _refusing_renamed(init: _F) -> _F:
     return cast(_F, checked)
 
 
-#: ``(session, checked per-call options)`` while ``Session.request`` runs, for the
-#: ``send`` that starts the call (the session is checked: a hook may call another).
-_OVERRIDES: contextvars.ContextVar[tuple[Session, dict[str, Any]] | None] = contextvars.ContextVar(
-    "syncfetch_overrides", default=None
+#: ``(session, checked per-call options, whether the call passed a timeout)`` while
+#: ``Session.request`` runs, for the ``send`` that starts the call (the session is
+#: checked: a hook may call another).
+_OVERRIDES: contextvars.ContextVar[tuple[Session, dict[str, Any], bool] | None] = (
+    contextvars.ContextVar("syncfetch_overrides", default=None)
 )
 
 
@@ -708,7 +689,7 @@ class Session(requests.Session):
         start = time.monotonic()
         # Pool threads run one item at a time, so the item's call is set here and
         # reset after: its attempts (redirect hops included) are counted in it.
-        call = self._new_call(overrides)
+        call = self._new_call(overrides, kwargs.get("timeout", UNSET) is not UNSET)
         token = CURRENT_CALL.set(call)
         used = getattr(item, "method", None) or method
         used = used.upper() if isinstance(used, str) else None  # as requests sends it
@@ -794,11 +775,11 @@ class Session(requests.Session):
         :param cost: tokens each attempt of this call takes (GraphQL points, weights):
             a whole number >= 0, 1 when not given; 0 takes none. Routes with a cost of
             their own charge that instead (:class:`Route`).
-        :param priority: a whole number, 0 by default: while a call of a higher
-            priority waits for a bucket, lower ones do not take from it; a waiting
-            call's priority rises by one every 10 s (``AGING``), so none starves. Calls
-            of one priority never hold each other back. In this process only (the
-            shared backends ignore it for now).
+        :param priority: a whole number, 0 by default: the calls waiting for a bucket
+            form a line, by priority and then arrival, and a call takes from a bucket
+            only when it has room for the costs of the calls ahead of it too; a waiting
+            call's priority rises by one every 10 s (``AGING``), so none starves. In
+            this process only (the shared backends ignore it for now).
 
         :returns: the response (after retries, the last one).
         :raises RateLimitExceeded: when ``max_wait`` runs out before a slot or token.
@@ -819,7 +800,7 @@ class Session(requests.Session):
         if timeout is not UNSET:
             _check_call_timeout(timeout)
         # Read by send() when it starts the call (requests passes send() no extra keywords).
-        token = _OVERRIDES.set((self, overrides)) if overrides else None
+        token = _OVERRIDES.set((self, overrides, timeout is not UNSET))
         try:
             return super().request(
                 method,  # type: ignore[arg-type]
@@ -840,14 +821,14 @@ class Session(requests.Session):
                 json,
             )
         finally:
-            if token is not None:
-                _OVERRIDES.reset(token)
+            _OVERRIDES.reset(token)
 
     def send(self, request: PreparedRequest, **kwargs: Any) -> Response:
         """Like :meth:`requests.Session.send`, through the rate limit, slots and retries.
 
         :returns: the response; ``elapsed`` is the last attempt's time on the wire.
         """
+        timeout_given = "timeout" in kwargs  # by a direct send(); request() says below
         kwargs.setdefault("timeout", self.timeout)
         if not self._sent:
             self._sent = True
@@ -856,7 +837,10 @@ class Session(requests.Session):
             resp = super().send(request, **kwargs)  # a redirect hop of the current call
         else:
             given = _OVERRIDES.get()
-            call = self._new_call(given[1] if given is not None and given[0] is self else None)
+            if given is not None and given[0] is self:
+                call = self._new_call(given[1], given[2])
+            else:
+                call = self._new_call(None, timeout_given)
             token = CURRENT_CALL.set(call)
             try:
                 if self._pipeline.events is None:
@@ -888,9 +872,12 @@ class Session(requests.Session):
             hub.call_end(call, request.method, request.url, key, start, outcome)
         return resp
 
-    def _new_call(self, overrides: Mapping[str, Any] | None = None) -> Call:
-        """A call under the session's settings, with the call's own ``overrides``."""
-        options = resolve(self._pipeline.options, overrides)
+    def _new_call(self, overrides: Mapping[str, Any] | None = None, timeout: bool = False) -> Call:
+        """A call under the session's settings, with the call's own ``overrides``.
+
+        :param timeout: whether the call passed its own ``timeout``.
+        """
+        options = resolve(self._pipeline.options, overrides, timeout)
         deadline = options.retry.deadline
         return Call(
             self,

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from pyrate_limiter import Rate
 
 from syncfetch import RateLimitExceeded
-from syncfetch._limiter import AGING, Charge, KeyedLimiter, _Log, _outranked, _Waiter
+from syncfetch._limiter import AGING, Charge, KeyedLimiter, _holds, _Waiter
 from tests.test_limiter import FakeTime
 
 ORIGIN = Charge("origin", ((10, 1000),), 1)
@@ -189,30 +189,35 @@ def test_a_higher_priority_waiter_takes_the_next_token_ahead_of_an_earlier_lower
     assert limiter._logs["k"].waiters == {}
 
 
-def test_calls_of_one_priority_never_hold_each_other_back() -> None:
+def test_a_later_call_of_one_priority_does_not_take_ahead_of_an_earlier_waiter() -> None:
     t = FakeTime()
     limiter = make(t)
-    waiter = _Waiter(0, t.now)
     limiter.settle(limiter.take("o", [Charge("k", ((5, 1000),), 1)], None))
-    limiter._logs["k"].waiters[waiter] = None  # someone of priority 0 waits
-    limiter.settle(limiter.take("o", [Charge("k", ((5, 1000),), 1)], t.now))  # not held
-    with pytest.raises(RateLimitExceeded):  # a priority -1 call is held back by it
+    waiter = _Waiter(0, t.now - 0.5)
+    limiter._logs["k"].waiters[waiter] = None  # someone of priority 0 waits for 4
+    waiter.costs[limiter._logs["k"]] = 4
+    with pytest.raises(RateLimitExceeded):  # room for its own 1, not for 4 + 1
+        limiter.take("o", [Charge("k", ((5, 1000),), 1)], t.now)
+    with pytest.raises(RateLimitExceeded):  # a priority -1 call is held back too
         limiter.take("o", [Charge("k", ((5, 1000),), 1)], t.now, -1)
-    assert list(limiter._logs["k"].waiters) == [waiter]  # the refused call left no waiter
+    limiter.settle(limiter.take("o", [Charge("k", ((5, 1000),), 1)], t.now, 1))  # not 1
+    assert list(limiter._logs["k"].waiters) == [waiter]  # the refused calls left no waiter
 
 
 def test_waiting_raises_a_priority_so_a_batch_is_not_starved() -> None:
     assert AGING == 10.0  # one priority per 10 s waited, as documented
-    log = _Log()
-    batch = _Waiter(0, 100.0)
-    log.waiters[batch] = None
+    batch = _Waiter(0, 100.0, seq=0)
     # After 5 s the batch (0 + 0.5) does not outrank a new call of priority 1...
-    assert _outranked([log], _Waiter(1, 105.0), 105.0) is None
+    assert not _holds(batch, _Waiter(1, 105.0, seq=1))
     # ...after 15 s (0 + 1.5) it does, and a call of priority 2 still goes first.
-    assert _outranked([log], _Waiter(1, 115.0), 115.0) == batch.wake
-    assert _outranked([log], _Waiter(2, 115.0), 115.0) is None
-    # A priority-1 call that has itself waited 10 s (1 + 1.0) is not held back.
-    assert _outranked([log], _Waiter(1, 105.0), 115.0) is None
+    assert _holds(batch, _Waiter(1, 115.0, seq=1))
+    assert not _holds(batch, _Waiter(2, 115.0, seq=1))
+    # A priority-1 call that has itself waited 10 s (arrived at 105) is not held back.
+    assert not _holds(batch, _Waiter(1, 105.0, seq=1))
+    # One priority: the earlier arrival first, and on one arrival time, the first seen.
+    assert _holds(batch, _Waiter(0, 100.5, seq=1))
+    assert _holds(batch, _Waiter(0, 100.0, seq=1))
+    assert not _holds(_Waiter(0, 100.0, seq=2), _Waiter(0, 100.0, seq=1))
 
 
 def test_a_waiter_holds_back_only_the_buckets_it_lacks_room_in() -> None:
@@ -226,6 +231,7 @@ def test_a_waiter_holds_back_only_the_buckets_it_lacks_room_in() -> None:
         limiter.take("o", [x, y], t.now + 1, priority=9)  # refused: gone again...
     high = _Waiter(9, t.now)
     limiter._logs["y"].waiters[high] = None  # ...so enter one that stays, as a sleeper is
+    high.costs[limiter._logs["y"]] = 1
     limiter.settle(limiter.take("o", [x], t.now))  # x is not held back
     with pytest.raises(RateLimitExceeded):
-        limiter.take("o", [y], t.now + 120)  # y is: the high call goes first
+        limiter.take("o", [y], t.now + 90)  # y is: the high call goes first (at 60 s)
