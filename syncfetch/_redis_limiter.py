@@ -46,7 +46,7 @@ from pyrate_limiter import Rate
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from ._limiter import DEFAULT_ARRIVAL, Charge, Token
+from ._limiter import AGING, DEFAULT_ARRIVAL, Charge, Token
 from ._redact import safe_url
 from ._redis_urls import PREFIXES, close_client, describe_client, make_client
 from ._shared_limiter import (
@@ -246,27 +246,43 @@ return {0, wait, now, epoch}
 _ACQUIRE = _ROOM + _ACQUIRE.replace("GRACE_MS", str(TICKET_GRACE_MS))
 
 # All or nothing over several buckets (routes, costs; issue 14): one call's charges.
-# KEYS: 1 the epoch, 2 the quarantine, then per charge 5 keys: its sorted set, pause,
-#       horizon, unsettled tokens and cost marker.
+# KEYS: 1 the epoch, 2 the quarantine, then per charge 7 keys: its sorted set, pause,
+#       horizon, unsettled tokens, cost marker, queue (waiter#cost -> rank) and the
+#       queue's expiries (waiter#cost -> ms).
 # ARGV: 1 a new epoch id, 2 the epoch this process last saw, 3 the settle cap (ms),
-#       4 UNSETTLED_MAX (ms), 5 a new unique id, then per charge: its cost, its longest
-#       window (ms), its number of windows, and that many limit, interval (ms) pairs.
+#       4 UNSETTLED_MAX (ms), 5 a new unique id, 6 the waiter id ('' for no queue), 7 the
+#       server time of the call's first look ('' on that look: now), 8 its priority, 9 ms
+#       left before the caller's deadline (-1 for none), then per charge: its cost, its
+#       longest window (ms), its number of windows, and that many limit, interval pairs.
 # Returns {taken (0/1), ms to wait, server time (ms), epoch, the binding charge (1..)}.
+#
+# The queue of a bucket (waiter:priority#cost -> rank) holds the route takes waiting for
+# it (not the one-token path's, which has its own), as KeyedLimiter's waiters: ranked by
+# the first look's time less AGING per priority (a waiting call gains one priority per
+# AGING seconds, so the rank needs no update). A waiter of another priority ranked ahead
+# takes the first free places: this call needs room for their costs and its own, as a
+# one-token waiter needs room for those ahead of it. Waiters of one priority do not hold
+# each other back (as in memory: with costs corrected after the answer, a queue in order
+# of arrival held every call behind the declared cost of the calls ahead).
 _TAKE_MANY = (
     _ROOM
     + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.ceil(tonumber(t[2]) / 1000)
 local cap, held = tonumber(ARGV[3]), tonumber(ARGV[4])
-local charges, at = {}, 6
+local waiter, budget = ARGV[6], tonumber(ARGV[9])
+local rank = (tonumber(ARGV[7]) or now) - tonumber(ARGV[8]) * AGING_MS
+local charges, at = {}, 10
 while at <= #ARGV do
   local c = {cost = tonumber(ARGV[at]), horizon = tonumber(ARGV[at + 1]), windows = {}}
   local n = tonumber(ARGV[at + 2])
   for j = 1, n do
     c.windows[j] = {tonumber(ARGV[at + 1 + 2 * j]), tonumber(ARGV[at + 2 + 2 * j])}
   end
-  local k = 2 + 5 * #charges
+  local k = 2 + 7 * #charges
   c.z, c.pause, c.h, c.u, c.w = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5]
+  c.q, c.qexp = KEYS[k + 6], KEYS[k + 7]
+  c.me = waiter .. ':' .. ARGV[8] .. '#' .. string.format('%d', c.cost)
   charges[#charges + 1] = c
   at = at + 3 + 2 * n
 end
@@ -305,17 +321,55 @@ for i, c in ipairs(charges) do
     end
   end
   redis.call('ZREMRANGEBYSCORE', c.z, '-inf', string.format('%d', now - c.horizon))
+  c.wait = 0
   if c.cost > 0 then
+    -- The costs of the waiters ahead (a ticket not refreshed by its planned wake-up
+    -- plus a grace is presumed dead).
+    local ahead = 0
+    if waiter ~= '' and redis.call('EXISTS', c.q) == 1 then
+      for _, dead in ipairs(redis.call('ZRANGEBYSCORE', c.qexp, '-inf', now)) do
+        redis.call('ZREM', c.q, dead)
+        redis.call('ZREM', c.qexp, dead)
+      end
+      for _, m in ipairs(redis.call('ZRANGEBYSCORE', c.q, '-inf', string.format('(%d', rank))) do
+        if string.match(m, ':(%-?%d+)#') ~= ARGV[8] then ahead = ahead + weight(m) end
+      end
+    end
     local weighted = redis.call('EXISTS', c.w) == 1
     for _, win in ipairs(c.windows) do
-      local w = room(c.z, c.u, weighted, now, win[1], win[2], c.cost)
-      if w > wait then wait, binding = w, i end
+      local limit, interval = win[1], win[2]
+      local rounds, nth = math.floor(ahead / limit), ahead % limit
+      local w = room(c.z, c.u, weighted, now, limit, interval, math.min(limit, nth + c.cost))
+      if rounds > 0 then w = math.max(w, 1) + rounds * interval end
+      if w > c.wait then c.wait = w end
     end
+    if c.wait > wait then wait, binding = c.wait, i end
   end
 end
-if wait > 0 then return {0, wait, now, epoch, binding} end
+if wait > 0 then
+  if waiter ~= '' then
+    for _, c in ipairs(charges) do
+      if c.wait > 0 and (budget < 0 or wait <= budget) then
+        -- In the queue of each bucket lacking room for this call; not of the others.
+        redis.call('ZADD', c.q, rank, c.me)
+        redis.call('ZADD', c.qexp, string.format('%d', now + wait + GRACE_MS), c.me)
+        local qttl = math.max(c.horizon + cap, wait + GRACE_MS)
+        if redis.call('PTTL', c.q) < qttl then redis.call('PEXPIRE', c.q, qttl) end
+        if redis.call('PTTL', c.qexp) < qttl then redis.call('PEXPIRE', c.qexp, qttl) end
+      else
+        redis.call('ZREM', c.q, c.me)
+        redis.call('ZREM', c.qexp, c.me)
+      end
+    end
+  end
+  return {0, wait, now, epoch, binding}
+end
 local hold = now + held
 for _, c in ipairs(charges) do
+  if waiter ~= '' then
+    redis.call('ZREM', c.q, c.me)
+    redis.call('ZREM', c.qexp, c.me)
+  end
   local ttl = c.horizon + cap
   local member = ARGV[5]
   if c.cost ~= 1 then
@@ -331,7 +385,7 @@ for _, c in ipairs(charges) do
   redis.call('SET', c.h, string.format('%d', c.horizon), 'PX', ttl)
 end
 return {1, 0, now, epoch, binding}
-"""
+""".replace("GRACE_MS", str(TICKET_GRACE_MS)).replace("AGING_MS", str(round(AGING * 1000)))
 )
 
 # KEYS: unsettled sets. ARGV: the members, one per key. Takes back a take (a call whose
@@ -680,51 +734,85 @@ class RedisLimiter(SharedLimiter):
             zkey = self.key_for(charge.key)
             groups.setdefault(self._scope(zkey), []).append((charge, zkey))
         plans = [(scope, group, self._many_keys(group)) for scope, group in groups.items()]
-        while True:
-            ident = os.urandom(8).hex()
-            sent = time.monotonic()
-            parts: list[_Part] = []
-            taken: list[tuple[list[str], list[str]]] = []  # (unsettled sets, members)
-            score, wait, binding = 0, 0, key
-            try:
-                for scope, group, keys in plans:
-                    args: list[Any] = [
-                        os.urandom(8).hex(),
-                        self._epochs.get(scope, ""),
-                        self._settle_cap_ms,
-                        self._unsettled_ms,
-                        ident,
-                    ]
-                    for charge, _ in group:
-                        args += [charge.cost, max(ms for _, ms in charge.windows)]
-                        args += [len(charge.windows), *(n for w in charge.windows for n in w)]
-                    reply: Any = self._take_many_script(keys, args)
-                    got, wait, now, epoch = int(reply[0]), int(reply[1]), int(reply[2]), reply[3]
-                    self._epochs[scope] = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
-                    if not got:
-                        binding = group[int(reply[4]) - 1][0].key
-                        break
-                    score = score or now
-                    mine = [
-                        _Part(
-                            c.key,
-                            zkey,
-                            ident if c.cost == 1 else f"{ident}#{c.cost}",
-                            c.cost,
-                            max(ms for _, ms in c.windows),
+        # One id for this call's place in its buckets' queues, kept while it waits.
+        waiter = os.urandom(8).hex() if self.fair else ""
+        since: int | str = ""  # the server's time at the first look (the queue's rank)
+        queued = False
+        try:
+            while True:
+                ident = os.urandom(8).hex()
+                sent = time.monotonic()
+                parts: list[_Part] = []
+                taken: list[tuple[list[str], list[str]]] = []  # (unsettled sets, members)
+                score, wait, binding = 0, 0, key
+                budget = (
+                    -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+                )
+                try:
+                    for scope, group, keys in plans:
+                        args: list[Any] = [
+                            os.urandom(8).hex(),
+                            self._epochs.get(scope, ""),
+                            self._settle_cap_ms,
+                            self._unsettled_ms,
+                            ident,
+                            waiter,
+                            since,
+                            priority,
+                            budget,
+                        ]
+                        for charge, _ in group:
+                            args += [charge.cost, max(ms for _, ms in charge.windows)]
+                            args += [len(charge.windows), *(n for w in charge.windows for n in w)]
+                        reply: Any = self._take_many_script(keys, args)
+                        got, wait, now = int(reply[0]), int(reply[1]), int(reply[2])
+                        epoch = reply[3]
+                        self._epochs[scope] = (
+                            epoch.decode() if isinstance(epoch, bytes) else str(epoch)
                         )
-                        for c, zkey in group
-                    ]
-                    parts += mine
-                    taken.append(([p.zkey + ":u" for p in mine], [p.member for p in mine]))
-            except BaseException:
+                        since = since or now
+                        if not got:
+                            binding = group[int(reply[4]) - 1][0].key
+                            break
+                        score = score or now
+                        mine = [
+                            _Part(
+                                c.key,
+                                zkey,
+                                ident if c.cost == 1 else f"{ident}#{c.cost}",
+                                c.cost,
+                                max(ms for _, ms in c.windows),
+                            )
+                            for c, zkey in group
+                        ]
+                        parts += mine
+                        taken.append(([p.zkey + ":u" for p in mine], [p.member for p in mine]))
+                except BaseException:
+                    self._undo(taken)
+                    raise
+                if wait <= 0:
+                    queued = False  # every slot's script took it out of its queues
+                    return Token(key, _Members(parts, score, sent), time.monotonic() - start)
                 self._undo(taken)
-                raise
-            if wait <= 0:
-                return Token(key, _Members(parts, score, sent), time.monotonic() - start)
-            self._undo(taken)
-            raise_if_late(binding, wait, deadline)
-            self.sleep(wait / 1000)
+                queued = bool(waiter)
+                raise_if_late(binding, wait, deadline)
+                self.sleep(wait / 1000)
+        finally:
+            if queued:
+                # Best effort (a refusal by the deadline left the queues already; an
+                # abandoned place otherwise expires by itself).
+                leave = [
+                    (k, f"{waiter}:{priority}#{c.cost}")
+                    for _, group in groups.items()
+                    for c, zkey in group
+                    for k in (zkey + ":pq", zkey + ":pqexp")
+                ]
+                by_scope: dict[str, tuple[list[str], list[str]]] = {}
+                for k, member in leave:
+                    sets, members = by_scope.setdefault(self._scope(k), ([], []))
+                    sets.append(k)
+                    members.append(member)
+                self._undo(list(by_scope.values()))
 
     def _many_keys(self, group: list[tuple[Charge, str]]) -> list[str]:
         """The keys of :data:`_TAKE_MANY` for charges of one scope."""
@@ -732,6 +820,7 @@ class RedisLimiter(SharedLimiter):
         keys = [scope + ":epoch", scope + ":quarantine"]
         for _, zkey in group:
             keys += [zkey, zkey + ":pause", zkey + ":h", zkey + ":u", zkey + ":w"]
+            keys += [zkey + ":pq", zkey + ":pqexp"]
         return keys
 
     def _undo(self, taken: list[tuple[list[str], list[str]]]) -> None:

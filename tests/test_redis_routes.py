@@ -257,6 +257,35 @@ def test_fallback_when_redis_fails_mid_take_and_replay_after(
         lim.close()
 
 
+def test_a_higher_priority_in_another_process_goes_first(redis_server: RedisServer) -> None:
+    low, high = RedisLimiter(redis_server.url, []), RedisLimiter(redis_server.url, [])
+    # The high-priority call wakes 50 ms after the low one: without the queue the low
+    # one, waiting since before it, would take first.
+    high.sleep = lambda seconds: time.sleep(seconds + 0.05)
+    route = [Charge(ORIGIN, ((1, 600),), 1)]
+    order: list[str] = []
+    try:
+        sent(low, ORIGIN, route, None)  # full for 0.6 s
+
+        def call(lim: RedisLimiter, name: str, priority: int) -> None:
+            token = lim.take(ORIGIN, route, None, priority)
+            order.append(name)
+            token.sent = token.answered = time.monotonic()
+            lim.settle(token)
+
+        first = threading.Thread(target=call, args=(low, "low", 0))
+        first.start()
+        time.sleep(0.2)  # the low-priority call waits first...
+        second = threading.Thread(target=call, args=(high, "high", 5))
+        second.start()
+        first.join(5)
+        second.join(5)
+        assert order == ["high", "low"]  # ...and the higher priority takes first
+    finally:
+        low.close()
+        high.close()
+
+
 # -- Redis Cluster ---------------------------------------------------------------------
 
 
