@@ -19,7 +19,7 @@ from syncfetch._limiter import Charge
 from syncfetch._redis_cluster import RedisClusterLimiter
 from syncfetch._redis_limiter import RedisLimiter
 from syncfetch.testing import FakeAPI
-from tests._redis import RedisCluster, RedisServer, require_redis
+from tests._redis import RedisCluster, RedisSentinel, RedisServer, require_redis
 from tests._server import ScriptedServer
 
 ORIGIN = "http://a.test:80"  # an origin
@@ -343,6 +343,31 @@ def test_cluster_session_with_routes(cluster: RedisCluster, server: ScriptedServ
         with pytest.raises(RateLimitExceeded):
             s.post(url + "/items/1")
     assert server.count() == 4
+    # One session-wide "*" bucket and an origin's route: two slots, all or nothing.
+    limits = {"*": "3/second", url + "/find": "1/second"}
+    with syncfetch.Session(limits=limits, store=cluster.url, per_host=False, max_wait=0) as s:
+        assert s.get(url + "/find/a").status_code == 200
+        with pytest.raises(RateLimitExceeded):
+            s.get(url + "/find/b")
+        assert s.get(url + "/x").status_code == 200
+        assert s.get(url + "/y").status_code == 200  # the refused call took none of "*"
+        with pytest.raises(RateLimitExceeded):
+            s.get(url + "/z")
+    assert server.count() == 7
+
+
+def test_sentinel_url_session_with_routes(server: ScriptedServer) -> None:
+    require_redis()
+    url = server.url
+    with RedisSentinel() as sentinel:
+        limits = {url: "20/second", url + "/search": Route("4/second", cost=2)}
+        with syncfetch.Session(limits=limits, store=sentinel.url, max_wait=0) as s:
+            assert s.get(url + "/search/a").status_code == 200
+            assert s.get(url + "/search/b").status_code == 200
+            with pytest.raises(RateLimitExceeded):
+                s.get(url + "/search/c")  # 2 + 2 of 4 taken
+            assert s.get(url + "/other").status_code == 200
+    assert server.count() == 3
 
 
 # -- many processes --------------------------------------------------------------------
