@@ -794,7 +794,7 @@ class RedisLimiter(SharedLimiter):
                     queued = False  # every slot's script took it out of its queues
                     return Token(key, _Members(parts, score, sent), time.monotonic() - start)
                 self._undo(taken)
-                queued = bool(waiter)
+                queued = bool(waiter) and (budget < 0 or wait <= budget)  # (see _TAKE_MANY)
                 raise_if_late(binding, wait, deadline)
                 self.sleep(wait / 1000)
         finally:
