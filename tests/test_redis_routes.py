@@ -469,7 +469,7 @@ def test_four_processes_reach_both_routes_without_a_429(redis_server: RedisServe
         errors = run_processes(_routes_client, 4, redis_server.url, api.url, 12, 24)
         assert errors == []
         assert api.count(429) == 0 and api.count() == 4 * 36
-        assert api.max_in_window(1.0, "/search/*") == 10  # the search route reached
+        assert 9 <= api.max_in_window(1.0, "/search/*") <= 10  # the search route reached
         assert api.max_in_window(1.0) <= 40
         searches = sorted(a.at for a in api.arrivals("/search/*"))
         span = searches[-1] - searches[0]
