@@ -9,6 +9,10 @@ the slots of every master; each bucket lives on one master, which every process 
 so its limit holds across the cluster. There are at most GROUPS epoch keys (no TTL);
 every other key expires a window after its last use, as on one server.
 
+A call charging several buckets (routes, costs) runs one script over all of them: a
+route's bucket carries its origin's tag. A call over several slots (a session-wide
+``"*"`` bucket with an origin's routes) takes slot by slot (see ``RedisLimiter``).
+
 A failover of the master holding a bucket (its replica promoted) is seen by redis-py as
 connection errors, then ``MOVED`` replies, on which it reloads the slot map: calls in
 between fail with ``BackendUnavailable`` (or take the per-process fallback). The data
@@ -19,15 +23,20 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
 
 import redis
 from redis.exceptions import RedisClusterException
 
-from ._limiter import Token
+from ._limiter import Charge, Token
 from ._redis_limiter import _UNSAFE, RedisLimiter
 
 GROUPS = 1024
+
+# The origin of a route's bucket key ("[METHOD ]scheme://host[:port][/path...]", see
+# RouteTable.match).
+_ORIGIN_OF = re.compile(r"(?:[A-Z]+ )?([A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]*)")
 
 
 @contextlib.contextmanager
@@ -50,9 +59,18 @@ class RedisClusterLimiter(RedisLimiter):
     def key_for(self, key: str) -> str:
         """``prefix:{N}:readable:digest``: the ``{N}`` hash tag puts every key of the
         bucket (and of its group's epoch) in one slot. ``_UNSAFE`` removes braces from
-        the readable part, so the first ``{...}`` is always the tag."""
+        the readable part, so the first ``{...}`` is always the tag.
+
+        N comes from the digest of the key's origin (``scheme://host:port``, the whole
+        key for an origin's own bucket), so a route's buckets (``POST
+        https://a.test:443/x``) share their origin's slot, and a call's charges take in
+        one script."""
         digest = hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-        group = int(digest[:8], 16) % GROUPS
+        origin = _ORIGIN_OF.match(key)
+        tag = digest
+        if origin is not None and origin.group(1) != key:
+            tag = hashlib.sha1(origin.group(1).encode("utf-8", "surrogatepass")).hexdigest()
+        group = int(tag[:8], 16) % GROUPS
         return f"{self.prefix}:{{{group}}}:{_UNSAFE.sub('_', key)[:64]}:{digest}"
 
     def _scope(self, zkey: str) -> str:
@@ -82,3 +100,18 @@ class RedisClusterLimiter(RedisLimiter):
     def _paused_for(self, key: str) -> float:
         with _cluster_errors():
             return super()._paused_for(key)
+
+    def _take_many(
+        self,
+        key: str,
+        charges: Sequence[Charge],
+        deadline: float | None,
+        start: float,
+        priority: int,
+    ) -> Token:
+        with _cluster_errors():
+            return super()._take_many(key, charges, deadline, start, priority)
+
+    def _correct(self, token: Token, key: str, cost: int) -> None:
+        with _cluster_errors():
+            super()._correct(token, key, cost)
