@@ -476,8 +476,90 @@ def _measure_cost(calls: int = 2000) -> None:
         )
 
 
+def contended_main(path: str, mode: str, seconds: float, barrier: Any, results: Any) -> None:
+    """Body of a process taking tokens from 8 threads for ``seconds`` under a binding
+    limit of 40/s: ``acquire`` (the single-key path), ``take1`` (one charge through
+    ``_take_many``) or ``take2`` (40/s origin + 10/s route); reports (tokens, transactions)."""
+    from pyrate_limiter import Rate
+
+    origin = Charge("http://bench.example:80", ((40, 1000),), 1)
+    route = Charge("http://bench.example:80/search/", ((10, 1000),), 1)
+    limiter = SQLiteLimiter(path, [Rate(40, 1000)] if mode == "acquire" else [])
+    charges = [origin] if mode == "take1" else [origin, route]
+    lock = threading.Lock()  # guards counts
+    counts = [0, 0]  # tokens, transactions
+    opened = limiter._transaction
+
+    def counted() -> Any:
+        with lock:
+            counts[1] += 1
+        return opened()
+
+    limiter._transaction = counted  # type: ignore[method-assign]
+    limiter.paused_for(origin.key)
+    barrier.wait(60)
+    end = time.monotonic() + seconds
+
+    def worker() -> None:
+        while True:
+            deadline = end - time.monotonic()
+            if deadline <= 0:
+                return
+            try:
+                if mode == "acquire":
+                    token = limiter.acquire(origin.key, end)
+                else:
+                    token = limiter.take(origin.key, charges, end)
+            except RateLimitExceeded:
+                return
+            token.sent = token.answered = time.monotonic()
+            limiter.settle(token)
+            with lock:
+                counts[0] += 1
+
+    pool = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    limiter.close()
+    results.put(tuple(counts))
+
+
+def _measure_contended(seconds: float = 4.0) -> None:
+    """Transactions per token, 4 processes x 8 threads under a binding limit."""
+    import tempfile
+
+    ctx = multiprocessing.get_context("spawn")
+    for mode in ("acquire", "take1", "take2"):
+        with tempfile.TemporaryDirectory() as tmp:
+            barrier = ctx.Barrier(5)
+            results = ctx.Queue()
+            procs = [
+                ctx.Process(
+                    target=contended_main, args=(tmp + "/l.db", mode, seconds, barrier, results)
+                )
+                for _ in range(4)
+            ]
+            for proc in procs:
+                proc.start()
+            barrier.wait(60)
+            got = [results.get(timeout=60) for _ in procs]
+            for proc in procs:
+                proc.join(10)
+        tokens = sum(t for t, _ in got)
+        transactions = sum(n for _, n in got)
+        print(
+            f"{mode}: 4 processes x 8 threads, {seconds:g} s: {tokens} tokens "
+            f"(per process {sorted(t for t, _ in got)}), "
+            f"{(transactions - tokens) / tokens:.2f} transactions per token (settles excluded)"
+        )
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["cost"]:
         _measure_cost()
+    elif sys.argv[1:] == ["contended"]:
+        _measure_contended()
     else:
         print(__doc__)
