@@ -25,7 +25,7 @@ import pytest
 
 import syncfetch
 from syncfetch import RateLimitExceeded, Route, SessionClosed
-from syncfetch._limiter import Charge
+from syncfetch._limiter import Charge, Token
 from syncfetch._shared_limiter import _FallbackHandle
 from syncfetch._sqlite_limiter import SQLiteLimiter
 from syncfetch.testing import FakeAPI
@@ -289,6 +289,74 @@ def test_a_file_of_an_earlier_version_gets_the_cost_column(db: Path) -> None:
         limiter.take("k", [Charge("k", ((2, 60_000),), 1)], _now())
     finally:
         limiter.close()
+
+
+# -- the queue of calls waiting for routes and costs ----------------------------------------
+
+
+def _settled(limiter: SQLiteLimiter, token: Token) -> None:
+    """Settle ``token`` as sent and answered now."""
+    token.sent = token.answered = time.monotonic()
+    limiter.settle(token)
+
+
+def _serve_in_order(
+    bucket: tuple[str, tuple[tuple[int, int], ...]],
+    waiters: list[tuple[float, SQLiteLimiter, str, int, int]],
+) -> list[str]:
+    """Start each waiter ``(after s, limiter, name, cost, priority)`` on ``bucket``; the
+    names in the order they got their tokens."""
+    lock = threading.Lock()  # guards order
+    order: list[str] = []
+
+    def wait(limiter: SQLiteLimiter, name: str, cost: int, priority: int) -> None:
+        _settled(limiter, limiter.take("k", [charge(bucket, cost)], _now() + 10, priority))
+        with lock:
+            order.append(name)
+
+    threads = []
+    start = time.monotonic()
+    for after, limiter, name, cost, priority in waiters:
+        time.sleep(max(0.0, start + after - time.monotonic()))
+        thread = threading.Thread(target=wait, args=(limiter, name, cost, priority))
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join(15)
+    return order
+
+
+@pytest.mark.slow
+def test_waiters_are_served_by_priority_aged_by_their_wait_across_limiters(
+    limiters: Callable[..., SQLiteLimiter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("syncfetch._limiter.AGING", 0.1)  # +1 per 100 ms of waiting
+    first, other = limiters(), limiters()
+    bucket = ("p", ((1, 1000),))
+    _settled(first, first.take("k", [charge(bucket)], None))  # full for a second
+    order = _serve_in_order(
+        bucket,
+        [
+            (0.0, first, "low", 1, 0),
+            # 300 ms later: 3 higher than the low one's 0 by then, 2 is not
+            (0.3, other, "aged-out", 1, 2),
+            (0.3, other, "high", 1, 5),
+        ],
+    )
+    assert order == ["high", "low", "aged-out"]
+
+
+@pytest.mark.slow
+def test_a_big_cost_is_not_overtaken_by_a_later_small_one_of_its_priority(
+    limiters: Callable[..., SQLiteLimiter],
+) -> None:
+    a, b = limiters(), limiters()
+    bucket = ("c", ((2, 600),))
+    _settled(a, a.take("k", [charge(bucket)], None))
+    time.sleep(0.3)
+    _settled(a, a.take("k", [charge(bucket)], None))  # one place frees in 300 ms, both in 600
+    order = _serve_in_order(bucket, [(0.0, a, "big", 2, 0), (0.1, b, "small", 1, 0)])
+    assert order == ["big", "small"]
 
 
 # -- processes against a strict server ------------------------------------------------------
