@@ -135,7 +135,13 @@ _NTH_AT = (
 # The date of the newest row of key ?2 at which the tokens of the window after ?3 (rows
 # counted newest first, each with its cost) exceed ?4: that row, and every older one, must
 # leave the window before ?4 tokens fit beside the rest; none: they fit now. (_DATE > ?3,
-# written so that both indexes serve it; window functions: SQLite >= 3.25.)
+# written so that both indexes serve it. Window functions need SQLite >= 3.25; before,
+# _ROWS_IN's rows are summed in Python.)
+_WINDOW_FUNCTIONS = sqlite3.sqlite_version_info >= (3, 25)
+_ROWS_IN = (
+    f"SELECT {_DATE} AS d, cost FROM syncfetch_log WHERE key = ?2 AND (ts > ?3 OR hold > ?3)"
+    " ORDER BY d DESC"
+)
 _FULL_AT = (
     "SELECT d FROM (SELECT d, sum(cost) OVER (ORDER BY d DESC ROWS UNBOUNDED PRECEDING) AS s"
     f" FROM (SELECT {_DATE} AS d, cost FROM syncfetch_log"
@@ -447,6 +453,7 @@ class SQLiteLimiter(SharedLimiter):
                     "INSERT INTO syncfetch_log (key, ts, exp, hold, cost) VALUES (?, ?, ?, ?, ?)",
                     rows,
                 )
+                _weigh(conn, [(key, exp) for key, _, exp, _, cost in rows if cost != 1])
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -734,8 +741,15 @@ class SQLiteLimiter(SharedLimiter):
     def _free_at(conn: sqlite3.Connection, key: str, now: int, window: int, room: int) -> int:
         """When the ``window`` (ms) of ``key`` holds at most ``room`` tokens (rows
         weighing their cost): ``now``, or when the row that tips it over leaves."""
-        row = conn.execute(_FULL_AT, (now, key, now - window, room)).fetchone()
-        return int(row[0]) + window if row is not None else now
+        if _WINDOW_FUNCTIONS:
+            row = conn.execute(_FULL_AT, (now, key, now - window, room)).fetchone()
+            return int(row[0]) + window if row is not None else now
+        used = 0  # the same sum in Python, reading every row of the window
+        for date, cost in conn.execute(_ROWS_IN, (now, key, now - window)):
+            used += cost
+            if used > room:
+                return int(date) + window
+        return now
 
     def _take_many(
         self,

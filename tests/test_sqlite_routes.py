@@ -96,6 +96,13 @@ def test_all_or_nothing_one_full_bucket_charges_none_of_the_others(
     other.take("k", [charge(B, 10)], _now())  # b had all its room
 
 
+@pytest.fixture(params=[True, False], ids=["window-functions", "summed-in-python"])
+def window_functions(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With SQLite's window functions, and without (SQLite < 3.25)."""
+    monkeypatch.setattr("syncfetch._sqlite_limiter._WINDOW_FUNCTIONS", request.param)
+
+
+@pytest.mark.usefixtures("window_functions")
 def test_costs_are_summed_in_each_window_one_row_per_charge(
     limiters: Callable[..., SQLiteLimiter], db: Path
 ) -> None:
@@ -116,6 +123,7 @@ def test_costs_are_summed_in_each_window_one_row_per_charge(
     assert _rows(db, "SELECT cost FROM syncfetch_log ORDER BY id") == [(3,), (1,), (4,), (2,)]
 
 
+@pytest.mark.usefixtures("window_functions")
 def test_correct_up_and_down_before_and_after_settle_for_every_process(
     limiters: Callable[..., SQLiteLimiter], db: Path
 ) -> None:
