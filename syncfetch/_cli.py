@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="limits per route from a JSON or TOML file (.toml): a table of route "
         'patterns to limits, such as {"*": "10/s", "https://api.example.com/search/": '
-        '"30/min"} (see the limits page). Not with --rate; runs alone (the memory store)',
+        '"30/min"} (see the limits page). Not with --rate; shared like it (--store)',
     )
     add(
         "--concurrency",
@@ -397,8 +397,8 @@ def _fetch_from(args: argparse.Namespace, line: ProgressLine, source: IO[bytes])
     store: Any
     if args.store is not None:
         store = args.store
-    elif args.no_state or not args.rate:
-        store = "memory"  # (--limits: routes are kept in memory for now)
+    elif args.no_state or not (args.rate or args.routes):
+        store = "memory"  # no limit to share
     else:
         store = _state_store()
     try:

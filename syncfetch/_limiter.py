@@ -117,7 +117,7 @@ class Limiter(Protocol):
 
         ``priority``: while a call of a higher priority, or an earlier one of the same,
         waits for one of the buckets, a later or lower one does not take from it (see
-        :class:`KeyedLimiter`; the shared limiters ignore it for now).
+        :class:`KeyedLimiter`; the shared limiters rank their waiting ``take`` calls by it).
 
         :raises ValueError: at once for a cost larger than a limit of its bucket (no
             window can ever hold it), naming the bucket.

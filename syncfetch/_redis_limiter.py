@@ -578,8 +578,6 @@ class RedisLimiter(SharedLimiter):
     :param fair: use the ticket queue; ``False`` only to measure what it is for.
     """
 
-    routes = True
-
     def __init__(
         self,
         url_or_client: str | redis.Redis,

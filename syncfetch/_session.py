@@ -284,7 +284,7 @@ class Session(requests.Session):
         rate already implies are dropped. Or a mapping of route patterns to limits (or
         :class:`Route` values), ``{"*": "10/second", "https://api.github.com/search/":
         "30/minute"}``: a call pays its origin's route and every more specific one, all
-        or nothing (see the limits page); for now with the memory store only.
+        or nothing (see the limits page), in every store.
     :param per_host: one bucket per ``scheme://host:port`` (``True``) or one for the
         whole session (``False``).
     :param max_concurrency: attempts in flight at once across all threads; also the
@@ -498,7 +498,7 @@ class Session(requests.Session):
         return TimedAdapter(pool_maxsize=self.max_concurrency, max_retries=0)
 
     def _make_limiter(self) -> Limiter:
-        limiter = make_limiter(
+        return make_limiter(
             self.store,
             [] if isinstance(self.limits, RouteTable) else self.limits,
             margin=DEFAULT_MARGIN,
@@ -506,13 +506,6 @@ class Session(requests.Session):
             # (getattr: a session pickled before arrival_margin existed)
             arrival=getattr(self, "arrival_margin", DEFAULT_ARRIVAL),
         )
-        if isinstance(self.limits, RouteTable) and not getattr(limiter, "routes", True):
-            limiter.close()
-            raise ValueError(
-                "limits per route are not supported by store="
-                f"{_store_text(self.store)} yet: give it one set of limits"
-            )
-        return limiter
 
     def _make_pipeline(
         self, limiter: Limiter, slots: Slots, stats: StatsRecorder, adaptive: AdaptiveLimiter | None
@@ -778,8 +771,9 @@ class Session(requests.Session):
         :param priority: a whole number, 0 by default: the calls waiting for a bucket
             form a line, by priority and then arrival, and a call takes from a bucket
             only when it has room for the costs of the calls ahead of it too; a waiting
-            call's priority rises by one every 10 s (``AGING``), so none starves. In
-            this process only (the shared backends ignore it for now).
+            call's priority rises by one every 10 s (``AGING``), so none starves.
+            Across processes with the shared stores for calls with routes or a cost
+            (see the limits page).
 
         :returns: the response (after retries, the last one).
         :raises RateLimitExceeded: when ``max_wait`` runs out before a slot or token.

@@ -91,10 +91,6 @@ class SharedLimiter:
         :data:`UNSETTLED_MAX`).
     """
 
-    #: Whether this backend implements :meth:`_take_many` (routes, costs) and
-    #: :meth:`_correct`; a Session refuses a route mapping for one that does not.
-    routes = False
-
     def __init__(
         self,
         rates: list[Rate],

@@ -19,22 +19,25 @@ transactions per token, worst share 0.81-0.97 over 10 runs.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
 import logging
 import math
 import os
+import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 from pyrate_limiter import Rate
 from requests.exceptions import RequestException
 
-from ._limiter import DEFAULT_ARRIVAL, Token
+from . import _limiter
+from ._limiter import DEFAULT_ARRIVAL, Charge, Token
 from ._shared_limiter import (
     BACKEND_DEADLINE,
     TICKET_GRACE_MS,
@@ -57,7 +60,8 @@ CREATE TABLE IF NOT EXISTS syncfetch_log (
     key TEXT NOT NULL,
     ts INTEGER NOT NULL,
     exp INTEGER NOT NULL,
-    hold INTEGER NOT NULL DEFAULT 0
+    hold INTEGER NOT NULL DEFAULT 0,
+    cost INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS syncfetch_log_key_ts ON syncfetch_log (key, ts);
 CREATE INDEX IF NOT EXISTS syncfetch_log_exp ON syncfetch_log (exp);
@@ -72,6 +76,19 @@ CREATE TABLE IF NOT EXISTS syncfetch_queue (
     exp INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS syncfetch_queue_key ON syncfetch_queue (key, ticket);
+CREATE TABLE IF NOT EXISTS syncfetch_mqueue (
+    call INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    cost INTEGER NOT NULL,
+    priority INTEGER NOT NULL,
+    score INTEGER NOT NULL,
+    exp INTEGER NOT NULL,
+    PRIMARY KEY (key, call)
+);
+CREATE TABLE IF NOT EXISTS syncfetch_weighted (
+    key TEXT PRIMARY KEY,
+    until INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS syncfetch_meta (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -84,15 +101,52 @@ COMMIT;
 #   counts every row within its own windows, and nobody deletes a row another still
 #   needs.) hold: 0 once settled; before, the take + UNSETTLED_MAX: until then the
 #   row counts as dated now (its request may not have left yet), then as dated hold
-#   (_DATE). Added to files of earlier versions on open (_add_hold).
+#   (_DATE). cost: the tokens the row stands for (a call's cost; 0 once refunded);
+#   windows count SUM(cost). hold and cost are added to files of earlier versions on
+#   open (_add_columns).
 # syncfetch_pause: key -> pause end (ms), shared by every process.
 # syncfetch_queue: the fair queue, one ticket per waiting thread; exp is when a ticket
 #   whose owner stopped refreshing it (a dead process) stops blocking the others.
+# syncfetch_mqueue: the queue of the calls of _take_many (routes, costs): one row per
+#   key a waiting call lacks room on, with its cost there and its score, priority x
+#   AGING (ms) - when it began waiting (wall ms): a higher score goes first (so a
+#   priority, aged by the wait, then arrival); exp as in syncfetch_queue, its planned
+#   wake-up plus TICKET_GRACE_MS. A waiter wakes for its own place, after those of
+#   the calls ahead. A call of another priority holds the later ones back while it
+#   waits (as KeyedLimiter's waiters do); one of the same priority only once its
+#   wake-up is due: room that a refund (correct) frees before then goes to whoever
+#   comes, instead of idling until the sleepers wake (measured: with every call's 5
+#   corrected to 2, 5 calls a second passed where 10 could).
+# syncfetch_weighted: key -> when its last row of a cost other than 1 expires. Until
+#   then its windows are counted with SUM(cost) (_FULL_AT); a key without one (the plain
+#   one-token calls) is counted by rows, which is cheaper (_NTH_AT; measured in
+#   tests/test_sqlite_routes.py's ``cost``).
 # syncfetch_meta: "next_sweep" (ms), so that one process sweeps per interval.
 
 # The date a row counts with at ?1 = now: its ts once settled (hold = 0), else now, but
 # no later than its hold (a process that died holding it stops blocking its place).
 _DATE = "max(ts, min(?1, hold))"
+# The date of the ?4-th newest row (from 0) of key ?2 in the window after ?3: with every
+# row one token, the one that must leave before one more fits beside ?4 of them.
+_NTH_AT = (
+    f"SELECT {_DATE} AS d FROM syncfetch_log WHERE key = ?2 AND (ts > ?3 OR hold > ?3)"
+    " ORDER BY d DESC LIMIT 1 OFFSET ?4"
+)
+# The date of the newest row of key ?2 at which the tokens of the window after ?3 (rows
+# counted newest first, each with its cost) exceed ?4: that row, and every older one, must
+# leave the window before ?4 tokens fit beside the rest; none: they fit now. (_DATE > ?3,
+# written so that both indexes serve it. Window functions need SQLite >= 3.25; before,
+# _ROWS_IN's rows are summed in Python.)
+_WINDOW_FUNCTIONS = sqlite3.sqlite_version_info >= (3, 25)
+_ROWS_IN = (
+    f"SELECT {_DATE} AS d, cost FROM syncfetch_log WHERE key = ?2 AND (ts > ?3 OR hold > ?3)"
+    " ORDER BY d DESC"
+)
+_FULL_AT = (
+    "SELECT d FROM (SELECT d, sum(cost) OVER (ORDER BY d DESC ROWS UNBOUNDED PRECEDING) AS s"
+    f" FROM (SELECT {_DATE} AS d, cost FROM syncfetch_log"
+    " WHERE key = ?2 AND (ts > ?3 OR hold > ?3))) WHERE s > ?4 LIMIT 1"
+)
 
 # Polling for another process's write lock: first retry after 0.1 ms, doubling up to
 # 2 ms. SQLite's own busy handler sleeps 1, 2, 5, 10, ... then 100 ms between tries, so a
@@ -134,25 +188,51 @@ def _is_busy(exc: sqlite3.Error) -> bool:
     )
 
 
-def _add_hold(conn: sqlite3.Connection) -> None:
+def _add_columns(conn: sqlite3.Connection) -> None:
     """Give the token log of a file from an earlier version its ``hold`` column (0:
-    settled, as its rows are to the processes of that version, which ignore the column),
-    before ``_SCHEMA`` indexes it. One read, for a new file or an up-to-date one."""
+    settled, as its rows are to the processes of that version, which ignore the column)
+    and its ``cost`` column (1: one token a row, as those processes count), before
+    ``_SCHEMA`` indexes them. One read, for a new file or an up-to-date one."""
 
-    def old() -> bool:
+    def missing() -> list[str]:
         columns = [row[1] for row in conn.execute("PRAGMA table_info(syncfetch_log)")]
-        return bool(columns) and "hold" not in columns
+        return [c for c in ("hold", "cost") if columns and c not in columns]
 
-    if not old():
+    if not missing():
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
-        if old():  # another process may have added it meanwhile
-            conn.execute("ALTER TABLE syncfetch_log ADD COLUMN hold INTEGER NOT NULL DEFAULT 0")
+        for column in missing():  # another process may have added them meanwhile
+            default = 0 if column == "hold" else 1
+            conn.execute(
+                f"ALTER TABLE syncfetch_log ADD COLUMN {column} INTEGER NOT NULL DEFAULT {default}"
+            )
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def _weigh(conn: sqlite3.Connection, keys: list[tuple[str, int]]) -> None:
+    """Note that each ``(key, exp)`` has a row weighing other than 1 until ``exp`` (ms):
+    its windows are summed by cost until then (``syncfetch_weighted``)."""
+    if keys:
+        conn.executemany(
+            "INSERT INTO syncfetch_weighted (key, until) VALUES (?, ?) ON CONFLICT (key)"
+            " DO UPDATE SET until = max(until, excluded.until)",
+            keys,
+        )
+
+
+def _dequeue(conn: sqlite3.Connection, call: _Call, keys: list[str]) -> None:
+    """Delete the queue rows of ``call`` on ``keys`` (all its rows: ``call.keys``)."""
+    if keys:
+        conn.executemany(
+            "DELETE FROM syncfetch_mqueue WHERE key = ? AND call = ?",
+            [(name, call.id) for name in keys],
+        )
+    if keys is call.keys:
+        call.keys = []
 
 
 def _wall_ms() -> int:
@@ -201,6 +281,37 @@ class _Row:
     ts: int  # when taken
     taken_at: float  # time.monotonic() when ts was read
     dated: int | None = None  # the row's ts since dated by the send (_sent)
+    cost: int = 1  # the row's weight, changed by _correct
+
+
+@dataclasses.dataclass
+class _Charged:
+    """One row of a :class:`_Rows` handle: a charge's key, cost and longest window."""
+
+    rowid: int
+    key: str
+    cost: int
+    horizon: int  # ms: the row expires this long after its date
+
+
+@dataclasses.dataclass
+class _Rows:
+    """Handle of a token of several charges (``_take_many``): one row each, taken together."""
+
+    rows: list[_Charged]
+    ts: int  # when taken
+    taken_at: float  # time.monotonic() when ts was read
+    dated: int | None = None  # the rows' ts since dated by the send (_sent)
+
+
+@dataclasses.dataclass
+class _Call:
+    """A ``_take_many`` call's place in ``syncfetch_mqueue`` (used by its one thread)."""
+
+    id: int  # random: calls of every process share the table
+    priority: int
+    score: int | None = None  # set when it first waits
+    keys: list[str] = dataclasses.field(default_factory=list)  # its rows in the queue
 
 
 @dataclasses.dataclass
@@ -318,10 +429,10 @@ class SQLiteLimiter(SharedLimiter):
             return
         old = self._conn
         assert old is not None
-        rows: list[tuple[str, int, int, int]] = []
+        rows: list[tuple[str, int, int, int, int]] = []
         with contextlib.suppress(sqlite3.Error):
             rows = old.execute(
-                "SELECT key, ts, exp, hold FROM syncfetch_log WHERE exp > ?", (_wall_ms(),)
+                "SELECT key, ts, exp, hold, cost FROM syncfetch_log WHERE exp > ?", (_wall_ms(),)
             ).fetchall()
         log.warning(
             "syncfetch: %s was %s while in use; reopening it, with the %d tokens still in a window",
@@ -337,8 +448,10 @@ class SQLiteLimiter(SharedLimiter):
             self._retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
             try:
                 conn.executemany(
-                    "INSERT INTO syncfetch_log (key, ts, exp, hold) VALUES (?, ?, ?, ?)", rows
+                    "INSERT INTO syncfetch_log (key, ts, exp, hold, cost) VALUES (?, ?, ?, ?, ?)",
+                    rows,
                 )
+                _weigh(conn, [(key, exp) for key, _, exp, _, cost in rows if cost != 1])
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -415,7 +528,7 @@ class SQLiteLimiter(SharedLimiter):
             conn.execute("PRAGMA synchronous = NORMAL")
             # Truncate the WAL file back to 4 MB after each checkpoint.
             conn.execute("PRAGMA journal_size_limit = 4194304")
-            _add_hold(conn)
+            _add_columns(conn)
             conn.executescript(_SCHEMA)
         except BaseException:
             conn.close()
@@ -500,6 +613,13 @@ class SQLiteLimiter(SharedLimiter):
             conn.execute(
                 "UPDATE syncfetch_queue SET exp = exp + ? WHERE exp > ?", (step, now - step)
             )
+            conn.execute(
+                "UPDATE syncfetch_weighted SET until = until + ? WHERE until > ?",
+                (step, now - step),
+            )
+            conn.execute(
+                "UPDATE syncfetch_mqueue SET exp = exp + ? WHERE exp > ?", (step, now - step)
+            )
             log.warning(
                 "syncfetch: the wall clock stepped %d ms forward; tokens in %s moved with it",
                 step,
@@ -553,10 +673,15 @@ class SQLiteLimiter(SharedLimiter):
                     "SELECT count(*) FROM syncfetch_queue WHERE key = ? AND ticket < ?",
                     (key, ticket if ticket is not None else 2**63 - 1),
                 ).fetchone()[0]
-            row = conn.execute("SELECT until FROM syncfetch_pause WHERE key = ?", (key,)).fetchone()
-            wait = row[0] - now if row is not None else 0
+            paused, weighted = conn.execute(
+                "SELECT (SELECT until FROM syncfetch_pause WHERE key = ?1),"
+                " (SELECT until FROM syncfetch_weighted WHERE key = ?1)",
+                (key,),
+            ).fetchone()
+            wait = paused - now if paused is not None else 0
             if wait <= 0:
-                wait = self._rate_wait(conn, key, now, ahead)
+                weighed = weighted is not None and weighted > now
+                wait = self._rate_wait(conn, key, now, ahead, weighed)
             if wait <= 0:
                 hold = now + self._unsettled_ms  # counts as now until settled or then
                 rowid = conn.execute(
@@ -584,7 +709,9 @@ class SQLiteLimiter(SharedLimiter):
                     )
             return _Step(None, wait, ticket)
 
-    def _rate_wait(self, conn: sqlite3.Connection, key: str, now: int, ahead: int) -> int:
+    def _rate_wait(
+        self, conn: sqlite3.Connection, key: str, now: int, ahead: int, weighed: bool
+    ) -> int:
         """Ms until every window has a free place for this waiter and the ``ahead`` before it.
 
         Free places come, oldest first, as rows leave the window (a window holding
@@ -593,19 +720,220 @@ class SQLiteLimiter(SharedLimiter):
         from now at the earliest. So with ``ahead < limit`` the waiter needs the ``limit - 1 -
         ahead``-th newest row to leave: exact. With more waiters ahead it needs places
         that their tokens free one window later: an estimate, checked again on waking.
+        ``weighed``: some rows of ``key`` may weigh other than 1 (``syncfetch_weighted``).
         """
         wait = 0
         for rate in self.rates:
             rounds, nth = divmod(ahead, rate.limit)
-            # _DATE > low, written so that both indexes serve it.
-            row = conn.execute(
-                f"SELECT {_DATE} AS d FROM syncfetch_log WHERE key = ?2 AND (ts > ?3 OR hold > ?3)"
-                " ORDER BY d DESC LIMIT 1 OFFSET ?4",
-                (now, key, now - rate.interval, rate.limit - 1 - nth),
-            ).fetchone()
-            free_at = row[0] + rate.interval if row is not None else now
+            if weighed:
+                free_at = self._free_at(conn, key, now, rate.interval, rate.limit - 1 - nth)
+            else:
+                row = conn.execute(
+                    _NTH_AT, (now, key, now - rate.interval, rate.limit - 1 - nth)
+                ).fetchone()
+                free_at = row[0] + rate.interval if row is not None else now
             wait = max(wait, free_at + rounds * rate.interval - now)
         return wait
+
+    @staticmethod
+    def _free_at(conn: sqlite3.Connection, key: str, now: int, window: int, room: int) -> int:
+        """When the ``window`` (ms) of ``key`` holds at most ``room`` tokens (rows
+        weighing their cost): ``now``, or when the row that tips it over leaves."""
+        if _WINDOW_FUNCTIONS:
+            row = conn.execute(_FULL_AT, (now, key, now - window, room)).fetchone()
+            return int(row[0]) + window if row is not None else now
+        used = 0  # the same sum in Python, reading every row of the window
+        for date, cost in conn.execute(_ROWS_IN, (now, key, now - window)):
+            used += cost
+            if used > room:
+                return int(date) + window
+        return now
+
+    def _take_many(
+        self,
+        key: str,
+        charges: Sequence[Charge],
+        deadline: float | None,
+        start: float,
+        priority: int,
+    ) -> Token:
+        # Each look is one transaction checking every charge; nothing is held while
+        # sleeping. A waiting call queues on the keys it lacks room on (fair), ranked by
+        # priority, aged, then arrival (syncfetch_mqueue).
+        call = _Call(random.getrandbits(62), priority)
+        try:
+            while True:
+                with self._locked():
+                    rows, wait, binding = self._step_many(charges, call, deadline)
+                    if rows is not None:
+                        self._maybe_sweep()
+                        return Token(key, rows, time.monotonic() - start)
+                raise_if_late(binding, wait, deadline)
+                self.sleep(wait / 1000)
+        except BaseException:
+            if call.keys:
+                self._leave(call)
+            raise
+
+    def _leave(self, call: _Call) -> None:
+        """Take ``call`` out of the queue (best effort, briefly: its rows expire anyway)."""
+        bound = BACKEND_DEADLINE.set(time.monotonic() + _CLEANUP_WAIT)
+        try:
+            with (
+                contextlib.suppress(sqlite3.Error, OSError, OutOfTime),
+                self._locked(),
+                self._transaction() as conn,
+            ):
+                _dequeue(conn, call, call.keys)
+        finally:
+            BACKEND_DEADLINE.reset(bound)
+
+    def _step_many(
+        self, charges: Sequence[Charge], call: _Call, deadline: float | None
+    ) -> tuple[_Rows | None, int, str]:
+        """One transaction: take every charge if all have room (one row each, weighing its
+        cost, held as unsettled), beside the costs of the calls queued ahead of ``call``
+        on its keys; else take nothing, and queue ``call`` on the keys lacking room.
+        Returns the rows, or the longest wait (ms) and the key that needs it. Caller
+        holds ``_lock``."""
+        with self._transaction() as conn:
+            now, now_mono = self._now, self._now_mono  # as in _step
+            need: dict[str, int] = {}  # a key charged twice needs room for both
+            for charge in charges:
+                need[charge.key] = need.get(charge.key, 0) + charge.cost
+            keys = list(need)
+            wait, binding = 0, charges[0].key
+            marks = ", ".join("?" * len(keys))
+            weighed: set[str] = set()  # keys with rows weighing other than 1
+            for name, until, table in conn.execute(
+                f"SELECT key, until, 'p' FROM syncfetch_pause WHERE key IN ({marks}) UNION ALL"
+                f" SELECT key, until, 'w' FROM syncfetch_weighted WHERE key IN ({marks})",
+                keys + keys,
+            ):
+                if table == "w":
+                    if until > now:
+                        weighed.add(name)
+                elif until - now > wait:
+                    wait, binding = until - now, name
+            if wait > 0:
+                _dequeue(conn, call, call.keys)  # paused: queued nowhere meanwhile
+                return None, wait, binding
+            # A newcomer ranks as if it began waiting now.
+            score = call.score
+            if score is None:
+                score = call.priority * math.ceil(_limiter.AGING * 1000) - now
+            # The costs queued ahead of this call per key: all of them (for when to wake),
+            # and those that hold it back now (see syncfetch_mqueue).
+            ahead: dict[str, int] = {}
+            blocking: dict[str, int] = {}
+            if self.fair:
+                for name, held, total in conn.execute(
+                    "SELECT key, sum(CASE WHEN priority != ?4 OR exp <= ?5 THEN cost ELSE 0 END),"
+                    " sum(cost) FROM syncfetch_mqueue WHERE key IN"
+                    f" ({', '.join(f'?{6 + i}' for i in range(len(keys)))})"
+                    " AND exp > ?1 AND call != ?2"
+                    " AND (score > ?3 OR (score = ?3 AND call < ?2)) GROUP BY key",
+                    (now, call.id, score, call.priority, now + TICKET_GRACE_MS, *keys),
+                ):
+                    blocking[name], ahead[name] = held, total
+            wait, binding, lacking = self._many_wait(conn, charges, need, ahead, weighed, now)
+            if (
+                wait > 0
+                and blocking != ahead
+                and self._many_wait(conn, charges, need, blocking, weighed, now)[0] <= 0
+            ):
+                wait = 0  # room now beside the calls that hold this one back: taken
+            if wait > 0:
+                if not self.fair or (
+                    deadline is not None and time.monotonic() + wait / 1000 > deadline
+                ):
+                    _dequeue(conn, call, call.keys)  # the caller raises
+                    return None, wait, binding
+                # Queued on the keys lacking room only: one with room is not held back
+                # for this call while it waits for another.
+                call.score = score
+                exp = now + wait + TICKET_GRACE_MS
+                conn.executemany(
+                    "INSERT INTO syncfetch_mqueue (call, key, cost, priority, score, exp)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key, call) DO UPDATE SET"
+                    " exp = excluded.exp",
+                    [(call.id, name, need[name], call.priority, score, exp) for name in lacking],
+                )
+                _dequeue(conn, call, [name for name in call.keys if name not in lacking])
+                call.keys = list(lacking)
+                return None, wait, binding
+            _dequeue(conn, call, call.keys)
+            hold = now + self._unsettled_ms  # counts as now until settled or then
+            rows: list[_Charged] = []
+            for charge in charges:
+                horizon = max(window for _, window in charge.windows)
+                rowid = conn.execute(
+                    "INSERT INTO syncfetch_log (key, ts, exp, hold, cost) VALUES (?, ?, ?, ?, ?)",
+                    (charge.key, now, hold + horizon, hold, charge.cost),
+                ).lastrowid
+                assert rowid is not None
+                rows.append(_Charged(rowid, charge.key, charge.cost, horizon))
+            _weigh(conn, [(r.key, hold + r.horizon) for r in rows if r.cost != 1])
+            return _Rows(rows, now, now_mono), 0, binding
+
+    def _many_wait(
+        self,
+        conn: sqlite3.Connection,
+        charges: Sequence[Charge],
+        need: dict[str, int],
+        ahead: dict[str, int],
+        weighed: set[str],
+        now: int,
+    ) -> tuple[int, str, dict[str, int]]:
+        """Ms until every window of every charge has room for its ``need`` beside the
+        costs ``ahead`` of it (0: room now), the key needing the longest, and the wait of
+        each key lacking room."""
+        wait, binding = 0, charges[0].key
+        lacking: dict[str, int] = {}
+        for charge in charges:
+            for limit, window in charge.windows:
+                # The calls ahead take the first places; beyond a window of them, a
+                # round later (an estimate, checked again on waking).
+                rounds, rest = divmod(ahead.get(charge.key, 0), limit)
+                room = limit - need[charge.key] - rest
+                if room < 0:
+                    rounds, room = rounds + 1, limit - need[charge.key]
+                if charge.key in weighed:
+                    free_at = self._free_at(conn, charge.key, now, window, room)
+                else:  # one token a row: the cheaper query (see _rate_wait)
+                    row = conn.execute(_NTH_AT, (now, charge.key, now - window, room)).fetchone()
+                    free_at = row[0] + window if row is not None else now
+                key_wait = free_at + rounds * window - now
+                if key_wait > 0:
+                    lacking[charge.key] = max(lacking.get(charge.key, 0), key_wait)
+                if key_wait > wait:
+                    wait, binding = key_wait, charge.key
+        return wait, binding, lacking
+
+    def _correct(self, token: Token, key: str, cost: int) -> None:
+        handle: _Row | _Rows | None = token.handle
+        if isinstance(handle, _Rows):
+            found = [r for r in handle.rows if r.key == key]
+        elif isinstance(handle, _Row) and key == token.key:
+            found = [_Charged(handle.rowid, key, handle.cost, self._horizon_ms)]
+        else:
+            return
+        if not found or found[0].cost == cost:
+            return
+        charged = found[0]
+        date = handle.dated or handle.ts
+        # Unsettled, it expires at its hold plus its window (see _step_many).
+        exp = date + charged.horizon + (0 if handle.dated else self._unsettled_ms)
+        with self._lock, self._transaction() as conn:
+            # key and ts guard against a rowid reused after the sweep deleted the row.
+            conn.execute(
+                "UPDATE syncfetch_log SET cost = ? WHERE id = ? AND key = ? AND ts = ?",
+                (cost, charged.rowid, key, date),
+            )
+            _weigh(conn, [(key, exp)])
+        charged.cost = cost
+        if isinstance(handle, _Row):
+            handle.cost = cost
 
     def _pause_left_ms(self, key: str) -> int:
         """Ms left of the pause on ``key``: a plain read, no write lock."""
@@ -654,25 +982,41 @@ class SQLiteLimiter(SharedLimiter):
         self._date(token, new)
 
     def _date(self, token: Token, new: int) -> None:
-        """Date the row of ``token`` at ``new`` (ms), settled."""
-        row: _Row = token.handle
+        """Date the row(s) of ``token`` at ``new`` (ms), settled."""
+        row: _Row | _Rows = token.handle
         with self._lock, self._transaction() as conn:
             # key and ts guard against a rowid reused after the sweep deleted the row.
             # (A row moved by a clock step is not found: it counts as now until its hold.)
-            conn.execute(
-                "UPDATE syncfetch_log SET ts = ?, exp = ?, hold = 0"
-                " WHERE id = ? AND key = ? AND ts = ?",
-                (new, new + self._horizon_ms, row.rowid, token.key, row.dated or row.ts),
-            )
+            if isinstance(row, _Rows):
+                conn.executemany(
+                    "UPDATE syncfetch_log SET ts = ?, exp = ?, hold = 0"
+                    " WHERE id = ? AND key = ? AND ts = ?",
+                    [(new, new + r.horizon, r.rowid, r.key, row.dated or row.ts) for r in row.rows],
+                )
+                _weigh(conn, [(r.key, new + r.horizon) for r in row.rows if r.cost != 1])
+            else:
+                conn.execute(
+                    "UPDATE syncfetch_log SET ts = ?, exp = ?, hold = 0"
+                    " WHERE id = ? AND key = ? AND ts = ?",
+                    (new, new + self._horizon_ms, row.rowid, token.key, row.dated or row.ts),
+                )
+                if row.cost != 1:  # corrected (_correct)
+                    _weigh(conn, [(token.key, new + self._horizon_ms)])
         row.dated = new
 
     def _replay(self, ages: list[tuple[str, int, int]]) -> None:
+        # One row per charge: its units (same key, age and window) weigh it together.
+        weights = collections.Counter(ages)
         with self._locked(), self._transaction() as conn:
             now = self._now
+            rows = [
+                (key, now - age, now - age + horizon, cost)
+                for (key, age, horizon), cost in weights.items()
+            ]
             conn.executemany(
-                "INSERT INTO syncfetch_log (key, ts, exp) VALUES (?, ?, ?)",
-                [(key, now - age, now - age + horizon) for key, age, horizon in ages],
+                "INSERT INTO syncfetch_log (key, ts, exp, cost) VALUES (?, ?, ?, ?)", rows
             )
+            _weigh(conn, [(key, exp) for key, _, exp, cost in rows if cost != 1])
 
     def _pause(self, key: str, seconds: float) -> None:
         with self._lock, self._transaction() as conn:
@@ -710,6 +1054,8 @@ class SQLiteLimiter(SharedLimiter):
             conn.execute("DELETE FROM syncfetch_log WHERE exp <= ?", (now,))
             conn.execute("DELETE FROM syncfetch_pause WHERE until <= ?", (now,))
             conn.execute("DELETE FROM syncfetch_queue WHERE exp <= ?", (now,))
+            conn.execute("DELETE FROM syncfetch_weighted WHERE until <= ?", (now,))
+            conn.execute("DELETE FROM syncfetch_mqueue WHERE exp <= ?", (now,))
             free = conn.execute("PRAGMA freelist_count").fetchone()[0]
             pages = conn.execute("PRAGMA page_count").fetchone()[0]
         if free >= _VACUUM_MIN_FREE_PAGES and free * 4 > pages:

@@ -632,5 +632,5 @@ def test_limits_file_errors_name_the_flag(tmp_path: Path) -> None:
     good = _route_file(tmp_path, "good.json", json.dumps({"*": "1/s"}))
     proc = fetch(str(src), "-o", out, "--limits", good, "--rate", "1/s")
     assert proc.returncode == 2 and "cannot be used together" in proc.stderr
-    proc = fetch(str(src), "-o", out, "--limits", good, "--store", f"sqlite:///{tmp_path}/l.db")
-    assert proc.returncode == 2 and "--store" in proc.stderr and "not supported by" in proc.stderr
+    proc = fetch(str(src), "-o", out, "--limits", good, "--store", "nosuch://x")
+    assert proc.returncode == 2 and "--store" in proc.stderr

@@ -135,11 +135,6 @@ def test_retry_after_pauses_the_most_specific_route_the_response_came_from(
 # -- the boundary -----------------------------------------------------------------------------
 
 
-def test_routes_with_a_shared_backend_are_refused_for_now(tmp_path: object) -> None:
-    with pytest.raises(ValueError, match="not supported by store="):
-        syncfetch.Session(limits={"*": "1/second"}, store=f"sqlite:///{tmp_path}/l.db")
-
-
 def test_bad_costs_are_refused_at_the_call() -> None:
     with syncfetch.Session(limits={"*": "3/second"}) as session:
         for bad in (-1, 1.5, True, "2"):
