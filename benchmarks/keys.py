@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import redis
 from pyrate_limiter import Rate
 
-from syncfetch._redis_limiter import RedisLimiter
+from syncfetch._stores.redis import RedisLimiter
 from tests._redis import RedisServer
 
 

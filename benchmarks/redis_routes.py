@@ -24,8 +24,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from pyrate_limiter import Rate
 
-from syncfetch._limiter import Charge, Token
-from syncfetch._redis_limiter import RedisLimiter
+from syncfetch._stores.base import Charge, Token
+from syncfetch._stores.redis import RedisLimiter
 from tests._redis import RedisServer
 
 ORIGIN = "http://a.test:80"

@@ -20,7 +20,7 @@ import math
 import re
 from collections.abc import Mapping
 
-from ._limiter import MAX_PAUSE
+from ._stores.base import MAX_PAUSE
 
 #: Seconds a key waits when a quota is spent and the provider gives no reset time. The
 #: caller caps it at ``RetryPolicy.retry_after_max``; the next call after it probes again.

@@ -8,8 +8,8 @@ import time
 from collections.abc import Mapping
 
 from ._dialects import describe, dialect_wait, retry_after_ms
-from ._limiter import MAX_PAUSE
 from ._retry import parse_retry_after
+from ._stores.base import MAX_PAUSE
 
 #: Statuses whose ``Retry-After`` pauses the whole bucket key, not just the one request
 #: (403 with ``Retry-After`` is GitHub's secondary limit, 418 Binance's IP ban).

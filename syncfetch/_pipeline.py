@@ -28,7 +28,6 @@ from ._budget import BudgetTracker
 from ._events import MIN_WAIT, Event, Hub, redacted
 from ._exceptions import DeadlineExceeded, RateLimitExceeded, SessionClosed
 from ._feedback import COOLDOWN_STATUSES, is_throttle, server_wait
-from ._limiter import Charge, Limiter, Token
 from ._options import UNSET, CallOptions
 from ._redact import safe_url
 from ._retry import (
@@ -40,6 +39,7 @@ from ._retry import (
 )
 from ._slots import Lease, Permits, Slots
 from ._stats import StatsRecorder
+from ._stores.base import Charge, Limiter, Token
 from ._wire import SENDING
 
 if TYPE_CHECKING:

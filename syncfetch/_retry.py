@@ -21,7 +21,7 @@ from urllib3.exceptions import (
 )
 
 from ._budget import RetryBudget
-from ._limiter import MAX_PAUSE
+from ._stores.base import MAX_PAUSE
 
 #: RFC 9110 section 9.2.2: the methods a client may repeat without changing the outcome.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})

@@ -17,11 +17,11 @@ from typing import Any, TypeAlias
 from pyrate_limiter import Rate
 from requests import PreparedRequest, Response
 
-from ._limiter import Charge
 from ._options import UNSET, check_cost, check_max_wait
 from ._pipeline import _origin_key, bucket_key
 from ._rates import LimitsArg, normalize_limits
 from ._retry import RetryPolicy
+from ._stores.base import Charge
 
 log = logging.getLogger("syncfetch")
 

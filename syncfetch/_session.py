@@ -23,17 +23,9 @@ from requests.adapters import BaseAdapter, HTTPAdapter
 from urllib3.util import Timeout as Urllib3Timeout
 
 from ._adaptive import Adaptive, AdaptiveLimiter
-from ._backends import (
-    BACKEND_FORMS,
-    CLUSTER_PREFIXES,
-    ON_BACKEND_ERROR,
-    SENTINEL_PREFIXES,
-    make_limiter,
-)
 from ._events import EventHook, hooks_of
 from ._exceptions import SessionClosed
 from ._executor import BoundedExecutor
-from ._limiter import DEFAULT_ARRIVAL, KeyedLimiter, Limiter
 from ._options import UNSET, check_max_wait, check_overrides, resolve
 from ._pipeline import CURRENT_CALL, Call, Pipeline, _timeout_pair, bucket_key
 from ._progress import track
@@ -43,6 +35,15 @@ from ._retry import RetryPolicy
 from ._routes import RouteTable
 from ._slots import Slots
 from ._stats import Stats, StatsRecorder
+from ._stores import (
+    BACKEND_FORMS,
+    CLUSTER_PREFIXES,
+    ON_BACKEND_ERROR,
+    SENTINEL_PREFIXES,
+    make_limiter,
+)
+from ._stores.base import DEFAULT_ARRIVAL, Limiter
+from ._stores.memory import KeyedLimiter
 from ._wire import TimedAdapter
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ from requests.adapters import HTTPAdapter
 from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.connection import HTTPConnection, HTTPSConnection
 
-from ._limiter import Token
+from ._stores.base import Token
 
 #: The token of the attempt this thread is sending (set by the pipeline around the send).
 SENDING: contextvars.ContextVar[Token | None] = contextvars.ContextVar(

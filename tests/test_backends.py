@@ -33,7 +33,7 @@ from pyrate_limiter import Rate
 
 import syncfetch
 from syncfetch import BackendUnavailable
-from syncfetch._sqlite_limiter import SQLiteLimiter
+from syncfetch._stores.sqlite import SQLiteLimiter
 from tests._redis import RedisServer, require_redis
 from tests._server import ScriptedServer
 
@@ -476,7 +476,7 @@ def test_redis_down_raises_naming_the_backend(
 def test_redis_idle_keys_expire_and_any_host_name_is_safe(redis_server: RedisServer) -> None:
     import redis
 
-    from syncfetch._redis_limiter import RedisLimiter
+    from syncfetch._stores.redis import RedisLimiter
 
     client = redis.Redis.from_url(redis_server.url)
     limiter = RedisLimiter(client, [Rate(5, 1000)])
@@ -522,8 +522,8 @@ def test_redis_client_argument_and_per_host_keys(
 
 def cost_main(backend: str, count: int, threads: int, barrier: Any, results: Any) -> None:
     """Body of a process timing acquire + settle under a limit that never binds."""
-    from syncfetch._backends import make_limiter
     from syncfetch._rates import normalize_limits
+    from syncfetch._stores import make_limiter
 
     limiter = make_limiter(
         backend, normalize_limits("1000000/s"), margin=0.002, on_backend_error="raise"
@@ -647,7 +647,7 @@ def test_sqlite_dates_a_token_by_its_send_however_late(tmp_path: Path) -> None:
 def test_redis_dates_a_token_by_its_send_and_keeps_it_alive(redis_server: RedisServer) -> None:
     import redis
 
-    from syncfetch._redis_limiter import RedisLimiter
+    from syncfetch._stores.redis import RedisLimiter
 
     client = redis.Redis.from_url(redis_server.url)
     limiter = RedisLimiter(client, [Rate(5, 1000)], arrival=0.01)
@@ -673,7 +673,7 @@ def _shared_limiter(kind: str, where: str, **kwargs: Any) -> Any:
     more "process" on it (its own connection, no state shared in memory)."""
     if kind == "sqlite":
         return SQLiteLimiter(where, [Rate(1, 300)], **kwargs)
-    from syncfetch._redis_limiter import RedisLimiter
+    from syncfetch._stores.redis import RedisLimiter
 
     return RedisLimiter(where, [Rate(1, 300)], **kwargs)
 

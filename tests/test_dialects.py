@@ -26,7 +26,7 @@ from syncfetch._dialects import (
     salesforce_usage,
 )
 from syncfetch._feedback import is_throttle, server_wait
-from syncfetch._limiter import MAX_PAUSE
+from syncfetch._stores.base import MAX_PAUSE
 from tests._server import ScriptedServer, Step
 
 PROPERTY = settings(max_examples=300, deadline=None)

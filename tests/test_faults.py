@@ -27,10 +27,11 @@ from requests.exceptions import RequestException
 
 import syncfetch
 from syncfetch import BackendUnavailable, RateLimitExceeded
-from syncfetch._backends import make_limiter
-from syncfetch._limiter import KeyedLimiter, Limiter, Token
 from syncfetch._session import DEFAULT_MARGIN
-from syncfetch._shared_limiter import SharedLimiter, _FallbackHandle
+from syncfetch._stores import make_limiter
+from syncfetch._stores.base import Limiter, Token
+from syncfetch._stores.memory import KeyedLimiter
+from syncfetch._stores.shared import SharedLimiter, _FallbackHandle
 from tests._redis import RedisServer, require_redis
 from tests._server import ScriptedServer
 
@@ -453,7 +454,7 @@ def test_memory_clock_leap_neither_hangs_nor_waits_past_max_wait() -> None:
 
 def _stepped_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Limiter, list[float]]:
     """An SQLite limiter whose wall clock the test steps (offset[0] seconds)."""
-    import syncfetch._sqlite_limiter as sqlite_limiter
+    import syncfetch._stores.sqlite as sqlite_limiter
 
     offset = [0.0]
     real_wall_ms = sqlite_limiter._wall_ms
@@ -493,7 +494,7 @@ def test_sqlite_wall_clock_step_forward_keeps_the_limit(
 ) -> None:
     # Forward, recent rows would look older and leave their windows early: they are
     # moved forward with the clock.
-    import syncfetch._sqlite_limiter as sqlite_limiter
+    import syncfetch._stores.sqlite as sqlite_limiter
 
     if sqlite_limiter._boot_id() is None:
         pytest.skip("clock steps are followed only where the boot is known (Linux)")
@@ -517,7 +518,7 @@ def test_sqlite_wall_clock_step_forward_keeps_the_limit(
 
 def test_sqlite_reboot_is_not_a_clock_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # After a reboot the monotonic clock starts again: the offset changes, the rows stay.
-    import syncfetch._sqlite_limiter as sqlite_limiter
+    import syncfetch._stores.sqlite as sqlite_limiter
 
     limiter, offset = _stepped_sqlite(tmp_path, monkeypatch)
     limiter.settle(limiter.acquire("k", None))

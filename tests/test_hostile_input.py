@@ -18,10 +18,11 @@ from pyrate_limiter import Rate
 
 import syncfetch
 from syncfetch._feedback import quota_wait, server_wait
-from syncfetch._limiter import MAX_PAUSE, KeyedLimiter
 from syncfetch._pipeline import bucket_key
 from syncfetch._rates import normalize_limits
 from syncfetch._retry import parse_retry_after
+from syncfetch._stores.base import MAX_PAUSE
+from syncfetch._stores.memory import KeyedLimiter
 from tests._redis import RedisServer, require_redis
 from tests._server import ScriptedServer, Step
 
@@ -413,7 +414,7 @@ def test_hostile_headers_give_a_response_or_a_requests_error(
 
 
 def test_sqlite_is_handed_only_storable_pauses(tmp_path: Path) -> None:
-    from syncfetch._sqlite_limiter import SQLiteLimiter
+    from syncfetch._stores.sqlite import SQLiteLimiter
 
     path = tmp_path / "p.db"
     limiter = SQLiteLimiter(path, [])

@@ -6,7 +6,8 @@ import pytest
 from pyrate_limiter import Rate
 
 from syncfetch import RateLimitExceeded
-from syncfetch._limiter import KeyedLimiter, Token
+from syncfetch._stores.base import Token
+from syncfetch._stores.memory import KeyedLimiter
 
 
 class FakeTime:

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from pyrate_limiter import Rate
 
 from syncfetch import RateLimitExceeded
-from syncfetch._limiter import AGING, Charge, KeyedLimiter, _holds, _Waiter
+from syncfetch._stores.base import AGING, Charge
+from syncfetch._stores.memory import KeyedLimiter, _holds, _Waiter
 from tests.test_limiter import FakeTime
 
 ORIGIN = Charge("origin", ((10, 1000),), 1)

@@ -15,8 +15,10 @@ from collections.abc import Callable
 
 import pytest
 
-from syncfetch import RateLimitExceeded, SessionClosed, _limiter
-from syncfetch._limiter import Charge, KeyedLimiter, Token, _Waiter
+from syncfetch import RateLimitExceeded, SessionClosed
+from syncfetch._stores import memory as _memory
+from syncfetch._stores.base import Charge, Token
+from syncfetch._stores.memory import KeyedLimiter, _Waiter
 from tests.test_limiter import FakeTime
 
 
@@ -235,7 +237,7 @@ def test_threads_take_in_arrival_order_on_a_real_clock(monkeypatch: pytest.Monke
             super().__init__(key, *args, **kwargs)  # type: ignore[arg-type]
             taken.append(key)
 
-    monkeypatch.setattr(_limiter, "Token", Recorded)
+    monkeypatch.setattr(_memory, "Token", Recorded)
     limiter = KeyedLimiter([], arrival=0.0)
     windows = ((3, 60),)  # 3 per 60 ms: no two calls of the line fit in it together
     limiter.settle(limiter.take("setup", [Charge("k", windows, 3)], None))

@@ -21,11 +21,12 @@ from pyrate_limiter import Rate
 from requests.structures import CaseInsensitiveDict
 
 from syncfetch._feedback import is_throttle, quota_wait, reset_delay, server_wait
-from syncfetch._limiter import MAX_PAUSE, KeyedLimiter, pause_seconds
 from syncfetch._rates import MAX_INTERVAL_MS, MAX_LIMIT, normalize_limits, parse_rate
 from syncfetch._redact import safe_text, safe_url
 from syncfetch._retry import parse_retry_after
-from syncfetch._shared_limiter import SharedLimiter
+from syncfetch._stores.base import MAX_PAUSE, pause_seconds
+from syncfetch._stores.memory import KeyedLimiter
+from syncfetch._stores.shared import SharedLimiter
 from tests._redis import RedisServer, require_redis
 
 # Slow shared machine: no per-example deadline.
@@ -219,11 +220,11 @@ def shared_limiter(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[S
     """A SQLite or Redis limiter that raises on any backend failure."""
     limiter: SharedLimiter
     if request.param == "sqlite":
-        from syncfetch._sqlite_limiter import SQLiteLimiter
+        from syncfetch._stores.sqlite import SQLiteLimiter
 
         limiter = SQLiteLimiter(tmp_path / "p.db", [])
     else:
-        from syncfetch._redis_limiter import RedisLimiter
+        from syncfetch._stores.redis import RedisLimiter
 
         limiter = RedisLimiter(request.getfixturevalue("redis_url"), [])
     yield limiter

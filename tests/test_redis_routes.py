@@ -15,9 +15,9 @@ from pyrate_limiter import Rate
 
 import syncfetch
 from syncfetch import RateLimitExceeded, Route, SessionClosed
-from syncfetch._limiter import Charge
-from syncfetch._redis_cluster import RedisClusterLimiter
-from syncfetch._redis_limiter import RedisLimiter
+from syncfetch._stores.base import Charge
+from syncfetch._stores.redis import RedisLimiter
+from syncfetch._stores.redis_cluster import RedisClusterLimiter
 from syncfetch.testing import FakeAPI
 from tests._redis import RedisCluster, RedisSentinel, RedisServer, require_redis
 from tests._server import ScriptedServer

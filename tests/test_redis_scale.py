@@ -17,8 +17,8 @@ from pyrate_limiter import Rate
 
 import syncfetch
 from syncfetch import BackendUnavailable
-from syncfetch._redis_cluster import RedisClusterLimiter
-from syncfetch._redis_limiter import RedisLimiter
+from syncfetch._stores.redis import RedisLimiter
+from syncfetch._stores.redis_cluster import RedisClusterLimiter
 from tests._redis import RedisCluster, RedisSentinel, RedisServer, valkey_server
 from tests._server import ScriptedServer
 from tests.test_backends import RATE, check_run, describe, run_clients

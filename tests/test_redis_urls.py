@@ -1,4 +1,4 @@
-"""Cluster and Sentinel URLs (syncfetch._redis_urls): parsing, clients, no password shown."""
+"""Cluster and Sentinel URLs (syncfetch._stores.redis_urls): parsing, clients, no password shown."""
 
 from __future__ import annotations
 
@@ -10,8 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import syncfetch
-from syncfetch._backends import make_limiter
-from syncfetch._redis_urls import LazyCluster, RedisURL, connection_kwargs, make_client, parse_url
+from syncfetch._stores import make_limiter
+from syncfetch._stores.redis_urls import (
+    LazyCluster,
+    RedisURL,
+    connection_kwargs,
+    make_client,
+    parse_url,
+)
 
 pytest.importorskip("redis")
 

@@ -16,7 +16,7 @@ import requests_cache
 
 import syncfetch
 from syncfetch import Event
-from syncfetch._sqlite_limiter import SQLiteLimiter
+from syncfetch._stores.sqlite import SQLiteLimiter
 from tests._server import ScriptedServer, Step
 
 

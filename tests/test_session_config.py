@@ -15,7 +15,7 @@ import requests
 import syncfetch
 from syncfetch._session import _store_text
 from syncfetch._settings import session_kwargs
-from syncfetch._sqlite_limiter import SQLiteLimiter
+from syncfetch._stores.sqlite import SQLiteLimiter
 from tests._server import ScriptedServer, Step
 
 NAN, INF = float("nan"), float("inf")

@@ -25,9 +25,9 @@ import pytest
 
 import syncfetch
 from syncfetch import RateLimitExceeded, Route, SessionClosed
-from syncfetch._limiter import Charge, Token
-from syncfetch._shared_limiter import _FallbackHandle
-from syncfetch._sqlite_limiter import SQLiteLimiter
+from syncfetch._stores.base import Charge, Token
+from syncfetch._stores.shared import _FallbackHandle
+from syncfetch._stores.sqlite import SQLiteLimiter
 from syncfetch.testing import FakeAPI
 from tests._server import ScriptedServer
 
@@ -99,7 +99,7 @@ def test_all_or_nothing_one_full_bucket_charges_none_of_the_others(
 @pytest.fixture(params=[True, False], ids=["window-functions", "summed-in-python"])
 def window_functions(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """With SQLite's window functions, and without (SQLite < 3.25)."""
-    monkeypatch.setattr("syncfetch._sqlite_limiter._WINDOW_FUNCTIONS", request.param)
+    monkeypatch.setattr("syncfetch._stores.sqlite._WINDOW_FUNCTIONS", request.param)
 
 
 @pytest.mark.usefixtures("window_functions")
@@ -338,7 +338,7 @@ def _serve_in_order(
 def test_waiters_are_served_by_priority_aged_by_their_wait_across_limiters(
     limiters: Callable[..., SQLiteLimiter], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("syncfetch._limiter.AGING", 0.1)  # +1 per 100 ms of waiting
+    monkeypatch.setattr("syncfetch._stores.base.AGING", 0.1)  # +1 per 100 ms of waiting
     first, other = limiters(), limiters()
     bucket = ("p", ((1, 1000),))
     _settled(first, first.take("k", [charge(bucket)], None))  # full for a second

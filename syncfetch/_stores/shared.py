@@ -18,15 +18,9 @@ from typing import TypeVar
 from pyrate_limiter import Rate
 from requests.exceptions import RequestException
 
-from ._exceptions import BackendUnavailable, RateLimitExceeded
-from ._limiter import (
-    DEFAULT_ARRIVAL,
-    Charge,
-    KeyedLimiter,
-    ResponseTimes,
-    Token,
-    pause_seconds,
-)
+from .._exceptions import BackendUnavailable, RateLimitExceeded
+from .base import DEFAULT_ARRIVAL, Charge, ResponseTimes, Token, pause_seconds
+from .memory import KeyedLimiter
 
 log = logging.getLogger("syncfetch")
 T = TypeVar("T")

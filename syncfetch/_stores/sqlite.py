@@ -36,9 +36,9 @@ from typing import TypeVar
 from pyrate_limiter import Rate
 from requests.exceptions import RequestException
 
-from . import _limiter
-from ._limiter import DEFAULT_ARRIVAL, Charge, Token
-from ._shared_limiter import (
+from . import base
+from .base import DEFAULT_ARRIVAL, Charge, Token
+from .shared import (
     BACKEND_DEADLINE,
     TICKET_GRACE_MS,
     UNSETTLED_MAX,
@@ -821,7 +821,7 @@ class SQLiteLimiter(SharedLimiter):
             # A newcomer ranks as if it began waiting now.
             score = call.score
             if score is None:
-                score = call.priority * math.ceil(_limiter.AGING * 1000) - now
+                score = call.priority * math.ceil(base.AGING * 1000) - now
             # The costs queued ahead of this call per key: all of them (for when to wake),
             # and those that hold it back now (see syncfetch_mqueue).
             ahead: dict[str, int] = {}

@@ -29,8 +29,8 @@ from collections.abc import Iterator, Sequence
 import redis
 from redis.exceptions import RedisClusterException
 
-from ._limiter import Charge, Token
-from ._redis_limiter import _UNSAFE, RedisLimiter
+from .base import Charge, Token
+from .redis import _UNSAFE, RedisLimiter
 
 GROUPS = 1024
 

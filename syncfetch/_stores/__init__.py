@@ -1,4 +1,10 @@
-"""Choosing a limiter from the ``backend`` argument of :class:`Session`."""
+"""The limit stores, and choosing one from :class:`Session`'s ``store`` argument.
+
+One protocol (``base``: ``Limiter``, tokens, charges); the store of one process
+(``memory``); what the shared stores have in common (``shared``: the backend-failure
+policy, the fallback, fork hooks); the stores shared by the processes of one machine
+(``sqlite``) and of many (``redis``, with ``redis_cluster`` and ``redis_urls``).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,8 @@ from typing import Any
 
 from pyrate_limiter import Rate
 
-from ._limiter import DEFAULT_ARRIVAL, KeyedLimiter, Limiter
+from .base import DEFAULT_ARRIVAL, Limiter
+from .memory import KeyedLimiter
 
 BACKEND_FORMS = (
     '"memory", "sqlite:///path/to/limits.db", "redis://host:port/db" '
@@ -48,7 +55,7 @@ def make_limiter(
         # Its token dates are exact floats, not rounded ms: no margin to cover.
         return KeyedLimiter(rates, arrival=arrival)
     if isinstance(backend, str) and backend.startswith("sqlite:///"):
-        from ._sqlite_limiter import SQLiteLimiter
+        from .sqlite import SQLiteLimiter
 
         return SQLiteLimiter(
             backend[len("sqlite:///") :],
@@ -60,7 +67,7 @@ def make_limiter(
     # scale (issue 16): Redis Cluster gets hash-tagged keys; Sentinel URLs a RedisLimiter.
     cluster_url = isinstance(backend, str) and backend.startswith(CLUSTER_PREFIXES)
     if cluster_url or type(backend).__name__ == "RedisCluster":
-        from ._redis_cluster import RedisClusterLimiter
+        from .redis_cluster import RedisClusterLimiter
 
         return RedisClusterLimiter(
             backend, rates, margin=margin, arrival=arrival, on_backend_error=on_backend_error
@@ -68,7 +75,7 @@ def make_limiter(
     if isinstance(backend, str) and backend.startswith(
         ("redis://", "rediss://", "unix://", *SENTINEL_PREFIXES)
     ):
-        from ._redis_limiter import RedisLimiter
+        from .redis import RedisLimiter
 
         return RedisLimiter(
             backend,
@@ -78,7 +85,7 @@ def make_limiter(
             on_backend_error=on_backend_error,
         )
     if type(backend).__module__.startswith("redis"):
-        from ._redis_limiter import RedisLimiter
+        from .redis import RedisLimiter
 
         return RedisLimiter(
             backend,

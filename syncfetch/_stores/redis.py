@@ -32,8 +32,8 @@ backend errors come straight through; and it reads each client's own clock. Here
   script calls per token for acquire, 1.33-1.38 for route takes (8 threads at 40/s).
 
 Needs Redis >= 5 (scripts replicated by effects, so ``TIME`` may precede writes);
-tested with 7.0. Redis Cluster: ``_redis_cluster.RedisClusterLimiter`` (hash tags);
-Sentinel: a ``redis+sentinel://`` URL (``_redis_urls``).
+tested with 7.0. Redis Cluster: ``redis_cluster.RedisClusterLimiter`` (hash tags);
+Sentinel: a ``redis+sentinel://`` URL (``redis_urls``).
 """
 
 from __future__ import annotations
@@ -53,10 +53,10 @@ from pyrate_limiter import Rate
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from ._limiter import AGING, DEFAULT_ARRIVAL, Charge, Token
-from ._redact import safe_url
-from ._redis_urls import PREFIXES, close_client, describe_client, make_client
-from ._shared_limiter import (
+from .._redact import safe_url
+from .base import AGING, DEFAULT_ARRIVAL, Charge, Token
+from .redis_urls import PREFIXES, close_client, describe_client, make_client
+from .shared import (
     BACKEND_DEADLINE,
     TICKET_GRACE_MS,
     UNSETTLED_MAX,
