@@ -59,6 +59,8 @@ class Call:
     owner: object
     deadline: float | None
     attempts: int = 0
+    #: ``time.monotonic()`` when the call began (a route's own deadline counts from it).
+    started: float = 0.0
     #: The pipeline's ``closing`` event when the call first reached it: close() sets
     #: that event and then installs a new one, so a call started before close() still
     #: sees it set (in every wait, and before each attempt), and one started after
@@ -190,6 +192,30 @@ def _mentions_quota(headers: Any) -> bool:
     # costs less than looking up each name the parsers know.
     names = headers._store if isinstance(headers, CaseInsensitiveDict) else headers
     return any("rate" in n or "limit" in n for n in map(str.lower, names))
+
+
+class _SettlingResponse(Response):
+    """A streamed response whose route settles from its body: read through ``content``
+    (also ``text`` and ``json()``), the settle runs once the body is stored, not at the
+    release of the connection inside the read (where the body is not there yet)."""
+
+    _syncfetch_reading = False
+    _syncfetch_pending: Callable[[], None] | None = None
+
+    @property
+    def content(self) -> Any:
+        self._syncfetch_reading = True
+        try:
+            body = Response.content.fget(self)  # type: ignore[attr-defined]
+        finally:
+            self._syncfetch_reading = False
+        pending, self._syncfetch_pending = self._syncfetch_pending, None
+        if pending is not None:
+            try:
+                pending()
+            except Exception as exc:  # never into the caller reading the body
+                log.warning("syncfetch: settling a streamed response failed: %r", exc)
+        return body
 
 
 def _hold_until_closed(
@@ -421,10 +447,11 @@ class Pipeline:
         timeout = kwargs.pop("timeout", None)
         if charges and self.routes is not None:
             options, timeout, own_retry = _route_options(charges, options, timeout)
-            if own_retry and call is not None and call.attempts == 0:
-                # A route's own retry policy: its deadline starts with the call's first hop.
+            if own_retry and call is not None:
+                # A route's own retry policy bounds this hop: its deadline counts from the
+                # call's first hop. (The call's own deadline stays for the other hops.)
                 limit = options.retry.deadline
-                deadline = call.deadline = None if limit is None else time.monotonic() + limit
+                deadline = None if limit is None else call.started + limit
         policy = options.retry
         if deadline is not None and not isinstance(timeout, (Urllib3Timeout, type(None))):
             # Shrunk to the deadline below: refused first, as requests' adapter would.
@@ -574,12 +601,19 @@ class Pipeline:
         It holds the response weakly: a strong reference from its connection's release
         would keep a dropped response from being collected (and its slot freed).
         """
+        if type(resp) is Response:
+            resp.__class__ = _SettlingResponse  # settles after `content` has the body
         ref = weakref.ref(resp)
 
         def settle() -> None:
             later = ref()
-            if later is not None:
-                self._correct(charges, token, later, True)
+            if later is None:
+                return
+            if getattr(later, "_syncfetch_reading", False):
+                # Released inside `content`: settled once the body is stored.
+                later._syncfetch_pending = lambda: self._correct(charges, token, later, True)  # type: ignore[attr-defined]
+                return
+            self._correct(charges, token, later, True)
 
         return settle
 

@@ -73,10 +73,14 @@ class Route:
         (Shopify's ``actualQueryCost``, OpenAI's ``usage``): the charge is corrected to
         it, refunding or charging the difference, so the next calls see the true
         balance. Called on every attempt's response once its body is read; for a
-        ``stream=True`` response, once, when its body has been read to the end or it is
-        closed (read or not: the function may read only headers then; a streamed
-        response dropped unread and unclosed is not settled). A function that raises or
-        returns no whole number >= 0 leaves the charge as it was (logged, never raised).
+        ``stream=True`` response, once: after ``content`` (``text``, ``json()``) has read
+        the body, so the function sees it; or when the body has been read to the end
+        otherwise (``iter_content``) or the response closed, when it sees headers only.
+        A streamed response dropped unread and unclosed is not settled. A function that
+        raises or returns no whole number >= 0 leaves the charge as it was (logged, never
+        raised); a cost above the route's largest limit counts as that limit (it fills
+        every window alike). With ``cost=0`` up front, a call is sent while its windows
+        are not over their limits, and charged what ``settle`` says.
     :param free: statuses the provider does not count (a 304 to a conditional request,
         for GitHub): an attempt answered with one is refunded on this route.
     :param retry: the retries of calls to this route, in the forms ``Session(retry=...)``
@@ -256,7 +260,10 @@ def corrected(route: Route, response: Response, charged: int, read: bool) -> int
     if not _is_count(cost):
         log.warning("syncfetch: settle %r returned %r; the charge stands", route.settle, cost)
         return charged
-    return int(cost)
+    # More than the largest limit fills every window as that does: capped there, so a
+    # server's huge figure (2**64) stays storable (SQLite's integers are 64-bit).
+    most = max((rate.limit for rate in route.rates), default=int(cost))
+    return min(int(cost), most)
 
 
 def _route_of(value: Any) -> Route:

@@ -874,9 +874,11 @@ class Session(requests.Session):
         """
         options = resolve(self._pipeline.options, overrides, timeout)
         deadline = options.retry.deadline
+        now = time.monotonic()
         return Call(
             self,
-            None if deadline is None else time.monotonic() + deadline,
+            None if deadline is None else now + deadline,
+            started=now,
             options=options,
             cost=options.cost,
             priority=options.priority,

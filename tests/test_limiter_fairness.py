@@ -211,17 +211,21 @@ def test_a_call_behind_a_big_waiter_is_refused_at_once_by_its_deadline() -> None
     assert t.sleeps == []
 
 
-def test_a_waiter_for_another_bucket_does_not_hold_a_bucket_with_room_for_it() -> None:
+def test_a_waiter_for_another_bucket_does_not_hold_this_one_meanwhile() -> None:
     t = FakeTime()
     limiter = KeyedLimiter([], clock=t.clock, sleep=t.sleep, arrival=0.0)
     x = Charge("x", ((5, 1000),), 1)
     limiter.settle(limiter.take("o", [x], None))  # room for 4
     log = limiter._logs["x"]
-    other = _Waiter(0, t.now - 0.1)  # in x's line when x lacked room; now waits for y
+    other = _Waiter(9, t.now - 0.1)  # ahead in x's line, but it waits 50 s for y
     log.waiters[other] = None
     other.costs[log], other.until[log], other.wake = 4, t.now - 0.05, t.now + 50
-    limiter.settle(limiter.take("o", [x], t.now))  # x had room for its 4: not held back
-    # Now x lacks room for it (3 left): it holds x's line again.
+    limiter.settle(limiter.take("o", [x], t.now))  # x has room for its 4: not held back
+    # x now lacks room for its 4 (3 left), yet it waits for y for 50 s more: x is not
+    # held for it meanwhile (a review found a call refused, "next in 59.9 s", here).
+    limiter.settle(limiter.take("o", [x], t.now))
+    # Once x is what it waits for (its turn there is its wake), it holds x's line.
+    other.until[log] = other.wake = t.now + 0.5
     with pytest.raises(RateLimitExceeded):
         limiter.take("o", [x], t.now)
 

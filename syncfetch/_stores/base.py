@@ -67,6 +67,18 @@ class Token:
     answered: float | None = None
     dated: float | None = None
     on_sent: Callable[[Token], None] | None = None
+    #: What a shared limiter's ``take`` charged: key -> (cost, windows), kept up to date
+    #: by ``correct`` (the per-process fallback counts the difference too).
+    charged: dict[str, tuple[int, tuple[tuple[int, int], ...]]] | None = None
+
+
+def pays(charge: Charge) -> bool:
+    """Whether ``charge`` is entered in its bucket: it has windows, and a cost, or a route
+    that may correct it after the answer (``settle``: a cost of 0 up front, the truth
+    later; without an entry the correction would have nothing to change)."""
+    if not charge.windows:
+        return False
+    return charge.cost > 0 or getattr(charge.route, "settle", None) is not None
 
 
 class Limiter(Protocol):

@@ -24,6 +24,7 @@ from .base import (
     ResponseTimes,
     Token,
     pause_seconds,
+    pays,
 )
 
 # Housekeeping cadence: drop buckets whose every window has emptied, so a crawl
@@ -256,8 +257,9 @@ class KeyedLimiter:
         of it in that line as well as its own, never for its own, smaller cost alone;
         so calls of one priority take in arrival order, and a call waiting for 50
         tokens is not overtaken by later calls of 1 (when room for all of them appears
-        at once, they take it together). A call waiting for another of its buckets,
-        where this one has room for it, does not hold this one back. Each waiter sleeps
+        at once, they take it together). A call that waits longer for another of its
+        buckets does not hold this one back meanwhile (it keeps its rank, and holds
+        this line once this bucket is the one it waits for). Each waiter sleeps
         until its turn is expected (room for its cost and the costs ahead of it), so
         the waiters of a bucket wake one by one, not all at once.
 
@@ -265,7 +267,7 @@ class KeyedLimiter:
             pass ``deadline``; no bucket is charged.
         :raises ValueError: for a cost larger than a limit of its bucket.
         """
-        needs = [(c.key, self._seconds(c.windows), c.cost) for c in charges if c.cost and c.windows]
+        needs = [(c.key, self._seconds(c.windows), c.cost) for c in charges if pays(c)]
         for name, (windows, _), cost in needs:
             for limit, window in windows:
                 if cost > limit:
@@ -349,8 +351,8 @@ class KeyedLimiter:
         """Seconds until ``me`` may take ``cost`` from ``log``, behind the calls ahead of
         it in the log's line (0: now). Under ``_lock``.
 
-        A call ahead holds the line unless it waits for another of its buckets (its turn
-        here comes before its wake) and this one has room for it now. Behind calls that
+        A call ahead holds the line unless it waits longer for another of its buckets
+        (its turn here comes before its wake). Behind calls that
         hold it, ``me`` waits for room for their costs and its own; when one window
         cannot hold them all, until they have taken (just after the last should have).
         """
@@ -360,11 +362,10 @@ class KeyedLimiter:
             if other is me or not _holds(other, me):
                 continue
             other_cost = other.costs.get(log, 0)
-            if (
-                other.until.get(log, other.wake) < other.wake - _YIELD
-                and self._wait(log, windows, horizon, other_cost, now) <= 0
-            ):
-                continue  # waiting for another bucket, and this one has room for it
+            if other.until.get(log, other.wake) < other.wake - _YIELD:
+                # Waiting for another bucket: this one is not held for it meanwhile (it
+                # keeps its rank, and holds this line again once this bucket binds it).
+                continue
             ahead_cost += other_cost
             last = other.wake if last is None else max(last, other.wake)
         if last is None:

@@ -19,7 +19,7 @@ from pyrate_limiter import Rate
 from requests.exceptions import RequestException
 
 from .._exceptions import BackendUnavailable, RateLimitExceeded
-from .base import DEFAULT_ARRIVAL, Charge, ResponseTimes, Token, pause_seconds
+from .base import DEFAULT_ARRIVAL, Charge, ResponseTimes, Token, pause_seconds, pays
 from .memory import KeyedLimiter
 
 log = logging.getLogger("syncfetch")
@@ -188,7 +188,7 @@ class SharedLimiter:
         :raises RateLimitExceeded: at once when the wait would pass ``deadline``.
         :raises BackendUnavailable: when the backend fails and ``on_backend_error="raise"``.
         """
-        paying = [c for c in charges if c.cost and c.windows]
+        paying = [c for c in charges if pays(c)]
         if not paying:
             return Token(key, None, 0.0)
         for charge in paying:
@@ -198,6 +198,14 @@ class SharedLimiter:
                         f"a cost of {charge.cost} can never be taken from {charge.key}: its "
                         f"limit is {limit} per {ms / 1000:g} s"
                     )
+        token = self._take_charges(key, paying, deadline, priority)
+        token.charged = {c.key: (c.cost, c.windows) for c in paying}
+        return token
+
+    def _take_charges(
+        self, key: str, paying: list[Charge], deadline: float | None, priority: int
+    ) -> Token:
+        """:meth:`take` once its charges are checked."""
         if (
             len(paying) == 1
             and paying[0].cost == 1
@@ -227,18 +235,40 @@ class SharedLimiter:
 
     def correct(self, token: Token, key: str, cost: int) -> None:
         """Make ``token``'s charge on ``key`` cost ``cost`` instead, for every process (see
-        :meth:`Limiter.correct`). A backend failure is only logged."""
+        :meth:`Limiter.correct`). A backend failure is only logged.
+
+        With ``on_backend_error="fallback"`` a further charge also counts where the
+        backend's tokens are mirrored: in this process's fallback (a backend token), or
+        among the outage's tokens that are written to the backend when it is back (a
+        fallback token). A refund is not passed on there (they count more, never less).
+        """
         handle = token.handle
         if handle is None:
             return
         if isinstance(handle, _FallbackHandle):
             assert self._fallback is not None
             self._fallback.correct(handle.token, key, cost)
+        else:
+            try:
+                self._correct(token, key, cost)
+            except self._errors as exc:
+                log.debug("syncfetch: could not correct a charge on %s: %s", self.name, exc)
+        charged = token.charged
+        old = None if charged is None else charged.get(key)
+        if charged is None or old is None:
             return
-        try:
-            self._correct(token, key, cost)
-        except self._errors as exc:
-            log.debug("syncfetch: could not correct a charge on %s: %s", self.name, exc)
+        charged[key] = (cost, old[1])
+        extra = cost - old[0]
+        if extra <= 0 or self._fallback is None:
+            return
+        if isinstance(handle, _FallbackHandle):
+            horizon = max(ms for _, ms in old[1]) + self._margin_ms
+            now = time.monotonic()
+            with self._state_lock:
+                self._outage.extend([(key, now, horizon)] * extra)
+                self._trim_outage(now)
+        else:
+            self._fallback.record(key, extra, old[1])
 
     def _backend_take(
         self,
