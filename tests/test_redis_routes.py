@@ -312,7 +312,7 @@ def test_a_big_cost_is_not_overtaken_by_later_small_ones_from_another_process(
     big, small = RedisLimiter(redis_server.url, []), RedisLimiter(redis_server.url, [])
 
     def route(cost: int) -> list[Charge]:
-        return [Charge(ORIGIN, ((10, 1000),), cost)]
+        return [Charge(ORIGIN, ((10, 2000),), cost)]
 
     lock = threading.Lock()  # guards order
     order: list[str] = []
@@ -326,14 +326,15 @@ def test_a_big_cost_is_not_overtaken_by_later_small_ones_from_another_process(
 
     try:
         sent(small, ORIGIN, route(5), None)
-        time.sleep(0.5)
-        sent(small, ORIGIN, route(5), None)  # 5 places free in 0.5 s, all 10 in 1 s
+        time.sleep(0.3)
+        sent(small, ORIGIN, route(5), None)  # 5 places free in 1.7 s, all 10 in 2 s
         threads = [threading.Thread(target=call, args=(big, "big", 10))]
         threads[0].start()
         wait_until_queued(redis_server, big, ORIGIN, 1)  # the cost of 10 waits first...
         for i in range(3):  # ...then calls of 1, which 5 free places could take
             threads.append(threading.Thread(target=call, args=(small, f"small{i}", 1)))
             threads[-1].start()
+        wait_until_queued(redis_server, big, ORIGIN, 4)  # all wait (the bucket is full)
         for thread in threads:
             thread.join(10)
         # Without the order, the calls of 1 took the first 5 places and the cost of 10
@@ -348,9 +349,9 @@ def test_a_big_cost_is_not_overtaken_by_later_small_ones_from_another_process(
 @pytest.mark.slow
 def test_a_waiter_due_holds_later_calls_of_its_priority_back(redis_server: RedisServer) -> None:
     first, later = RedisLimiter(redis_server.url, []), RedisLimiter(redis_server.url, [])
-    # The waiter wakes a second after its turn (its thread late to run): its place is
-    # kept for it meanwhile.
-    first.sleep = lambda seconds: time.sleep(seconds + 1.0)
+    # The waiter wakes 1.5 s after its turn (its thread late to run; within the grace
+    # after which it would be presumed dead): its place is kept for it meanwhile.
+    first.sleep = lambda seconds: time.sleep(seconds + 1.5)
     route = [Charge(ORIGIN, ((2, 500),), 2)]
     one = [Charge(ORIGIN, ((2, 500),), 1)]
     try:
