@@ -15,7 +15,7 @@ from pyrate_limiter import Rate
 
 import syncfetch
 from syncfetch import RateLimitExceeded, Route, SessionClosed
-from syncfetch._stores.base import Charge
+from syncfetch._stores.base import Charge, Token
 from syncfetch._stores.redis import RedisLimiter
 from syncfetch._stores.redis_cluster import RedisClusterLimiter
 from syncfetch.testing import FakeAPI
@@ -284,6 +284,132 @@ def test_a_higher_priority_in_another_process_goes_first(redis_server: RedisServ
     finally:
         low.close()
         high.close()
+
+
+def queued(redis_server: RedisServer, lim: RedisLimiter, key: str) -> int:
+    """Route takes waiting in ``key``'s queue."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    count = int(client.zcard(lim.key_for(key) + ":pq"))
+    client.close()
+    return count
+
+
+def wait_until_queued(redis_server: RedisServer, lim: RedisLimiter, key: str, n: int) -> None:
+    end = time.monotonic() + 5
+    while queued(redis_server, lim, key) < n:
+        assert time.monotonic() < end, "the waiter never queued"
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_a_big_cost_is_not_overtaken_by_later_small_ones_from_another_process(
+    redis_server: RedisServer,
+) -> None:
+    # Two limiters are two processes to Redis (their own connections; nothing shared
+    # in Python but the server).
+    big, small = RedisLimiter(redis_server.url, []), RedisLimiter(redis_server.url, [])
+
+    def route(cost: int) -> list[Charge]:
+        return [Charge(ORIGIN, ((10, 2000),), cost)]
+
+    lock = threading.Lock()  # guards order
+    order: list[str] = []
+
+    def call(lim: RedisLimiter, name: str, cost: int) -> None:
+        token = lim.take(ORIGIN, route(cost), time.monotonic() + 10)
+        with lock:
+            order.append(name)
+        token.sent = token.answered = time.monotonic()
+        lim.settle(token)
+
+    try:
+        sent(small, ORIGIN, route(5), None)
+        time.sleep(0.3)
+        sent(small, ORIGIN, route(5), None)  # 5 places free in 1.7 s, all 10 in 2 s
+        threads = [threading.Thread(target=call, args=(big, "big", 10))]
+        threads[0].start()
+        wait_until_queued(redis_server, big, ORIGIN, 1)  # the cost of 10 waits first...
+        for i in range(3):  # ...then calls of 1, which 5 free places could take
+            threads.append(threading.Thread(target=call, args=(small, f"small{i}", 1)))
+            threads[-1].start()
+        wait_until_queued(redis_server, big, ORIGIN, 4)  # all wait (the bucket is full)
+        for thread in threads:
+            thread.join(10)
+        # Without the order, the calls of 1 took the first 5 places and the cost of 10
+        # waited for them to leave too.
+        assert order[0] == "big", order
+        assert len(order) == 4
+    finally:
+        big.close()
+        small.close()
+
+
+@pytest.mark.slow
+def test_a_waiter_due_holds_later_calls_of_its_priority_back(redis_server: RedisServer) -> None:
+    first, later = RedisLimiter(redis_server.url, []), RedisLimiter(redis_server.url, [])
+    # The waiter wakes 1.5 s after its turn (its thread late to run; within the grace
+    # after which it would be presumed dead): its place is kept for it meanwhile.
+    first.sleep = lambda seconds: time.sleep(seconds + 1.5)
+    route = [Charge(ORIGIN, ((2, 500),), 2)]
+    one = [Charge(ORIGIN, ((2, 500),), 1)]
+    try:
+        sent(later, ORIGIN, one, None)
+        sent(later, ORIGIN, one, None)  # full for 0.5 s
+        got: list[object] = []  # the waiter's token or error
+
+        def wait() -> None:
+            try:
+                got.append(first.take(ORIGIN, route, time.monotonic() + 5))
+            except BaseException as exc:
+                got.append(exc)
+
+        thread = threading.Thread(target=wait)
+        thread.start()
+        wait_until_queued(redis_server, first, ORIGIN, 1)
+        time.sleep(0.75)  # room for both now, and the waiter's wake-up is due
+        # A call of the same priority coming now would take the waiter's place: it waits.
+        try:
+            refused(later, ORIGIN, one)
+            assert got == []
+        finally:
+            thread.join(5)
+        assert len(got) == 1 and isinstance(got[0], Token), got
+        refused(later, ORIGIN, one)  # the waiter took both places
+    finally:
+        first.close()
+        later.close()
+
+
+def test_room_a_refund_frees_is_used_while_a_waiter_of_its_priority_sleeps(
+    redis_server: RedisServer,
+) -> None:
+    a, b = RedisLimiter(redis_server.url, []), RedisLimiter(redis_server.url, [])
+    route = ((10, 1000),)
+    errors: list[BaseException] = []
+    try:
+        token = a.take(ORIGIN, [Charge(ORIGIN, route, 10)], None)  # counted as now: full
+
+        def wait() -> None:
+            try:
+                sent(a, ORIGIN, [Charge(ORIGIN, route, 5)], time.monotonic() + 5)
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=wait)
+        thread.start()
+        wait_until_queued(redis_server, a, ORIGIN, 1)  # asleep until the 10 leave
+        a.correct(token, ORIGIN, 2)  # the answer said 2: 8 places free
+        sent(b, ORIGIN, [Charge(ORIGIN, route, 5)], now())  # used at once, not held back
+        assert queued(redis_server, a, ORIGIN) == 1  # while the waiter still sleeps
+        token.sent = token.answered = time.monotonic()
+        a.settle(token)
+        thread.join(5)
+        assert not thread.is_alive() and errors == []
+    finally:
+        a.close()
+        b.close()
 
 
 # -- Redis Cluster ---------------------------------------------------------------------
