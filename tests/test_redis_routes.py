@@ -4,6 +4,7 @@ server, and a 3-master cluster) and strict servers in their own process."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import threading
 import time
@@ -632,3 +633,20 @@ def test_settle_corrects_the_charge_for_every_process(redis_server: RedisServer)
         # they leave the window: a refund does not wake it.)
         print(f"settle: {api.count()} requests, max {api.max_in_window(1.0)} in 1 s")
         assert api.max_in_window(1.0) >= 4
+
+
+def test_a_route_estimated_at_zero_is_charged_what_settle_says(
+    redis_server: RedisServer, server: ScriptedServer
+) -> None:
+    # (A review found the script never looked at a zero estimate: 8 of 8 were sent.)
+    route = Route("10/minute", cost=0, settle=lambda response: 5)
+    sent = 0
+    with syncfetch.Session(
+        limits={server.url: route}, store=redis_server.url, max_wait=0
+    ) as session:
+        for _ in range(8):
+            with contextlib.suppress(RateLimitExceeded):
+                session.get(server.url_for("/x"))
+                sent += 1
+    assert 1 <= sent <= 3
+    assert server.count("/x") == sent

@@ -351,7 +351,8 @@ for i, c in ipairs(charges) do
   end
   redis.call('ZREMRANGEBYSCORE', c.z, '-inf', string.format('%d', now - c.horizon))
   c.wait, c.ahead, c.held = 0, 0, 0
-  if c.cost > 0 then
+  -- (A cost of 0 is checked too: an estimate that its route's settle corrects.)
+  do
     -- The costs of the waiters ranked ahead (a place not refreshed by its planned
     -- wake-up plus a grace is presumed dead; equal ranks ordered by member): all of
     -- them (ahead: this call's own place comes after theirs), and those holding it back
