@@ -779,8 +779,10 @@ class RedisLimiter(SharedLimiter):
             zkey = self.key_for(charge.key)
             groups.setdefault(self._scope(zkey), []).append((charge, zkey))
         plans = [(scope, group, self._many_keys(group)) for scope, group in groups.items()]
-        # One id for this call's place in its buckets' queues, kept while it waits.
-        waiter = os.urandom(8).hex() if self.fair else ""
+        # One id for this call's place in its buckets' queues, kept while it waits. It
+        # starts with this machine's monotonic clock: calls ranked alike (first looks in
+        # the same server millisecond) go in the order they started, not at random.
+        waiter = f"{time.monotonic_ns():020d}{os.urandom(4).hex()}" if self.fair else ""
         since: int | str = ""  # the server's time at the first look (the queue's rank)
         queued = False
         try:
