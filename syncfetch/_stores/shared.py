@@ -161,19 +161,14 @@ class SharedLimiter:
             # Nothing to count: pauses are waited out before the slot (paused_for), as
             # with KeyedLimiter, so no backend call at all.
             return Token(key, None, 0.0)
-        start = time.monotonic()
-        # A second round only when the backend came back while this call waited for a
-        # fallback token (that token then stays counted here, harmless): the backend,
-        # which now knows the outage's tokens, decides.
-        for last_round in (False, True):
-            if self._fallback is not None and self._skip_backend(time.monotonic()):
-                token = self._fallback_acquire(key, deadline, start, only_while_down=True)
-                if token is not None:
-                    return token
-            backend_token = self._backend_acquire(key, deadline, start, last_round)
-            if backend_token is not None:
-                return backend_token
-        raise AssertionError("unreachable: the last round always returns a token")
+        return self._rounds(
+            key,
+            deadline,
+            lambda start: self._take(key, deadline, start),
+            lambda: self._fallback.acquire(key, deadline),  # type: ignore[union-attr]
+            [(key, self._horizon_ms, 1)],
+            lambda: self._fallback.record(key),  # type: ignore[union-attr]
+        )
 
     def take(
         self, key: str, charges: Sequence[Charge], deadline: float | None, priority: int = 0
@@ -214,20 +209,21 @@ class SharedLimiter:
         ):
             return self.acquire(key, deadline)
         many = [c._replace(windows=self._with_margin(c.windows)) for c in paying]
-        start = time.monotonic()
-        for last_round in (False, True):  # as in acquire
-            if self._fallback is not None and self._skip_backend(time.monotonic()):
-                token = self._fallback_take(
-                    key, paying, deadline, start, priority, only_while_down=True
-                )
-                if token is not None:
-                    return token
-            backend_token = self._backend_take(
-                key, paying, many, deadline, start, priority, last_round
-            )
-            if backend_token is not None:
-                return backend_token
-        raise AssertionError("unreachable: the last round always returns a token")
+        fallback = self._fallback
+
+        def record() -> None:
+            assert fallback is not None
+            for charge in paying:
+                fallback.record(charge.key, charge.cost, charge.windows)
+
+        return self._rounds(
+            key,
+            deadline,
+            lambda start: self._take_many(key, many, deadline, start, priority),
+            lambda: fallback.take(key, paying, deadline, priority),  # type: ignore[union-attr]
+            [(c.key, max(ms for _, ms in c.windows) + self._margin_ms, c.cost) for c in paying],
+            record,
+        )
 
     def _with_margin(self, windows: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
         """``(limit, ms)`` windows, each longer by this limiter's margin."""
@@ -269,109 +265,6 @@ class SharedLimiter:
                 self._trim_outage(now)
         else:
             self._fallback.record(key, extra, old[1])
-
-    def _backend_take(
-        self,
-        key: str,
-        paying: list[Charge],
-        many: list[Charge],
-        deadline: float | None,
-        start: float,
-        priority: int,
-        last_round: bool,
-    ) -> Token | None:
-        """:meth:`_backend_acquire` for :meth:`take`'s charges (``many``: with the margin)."""
-        bound = BACKEND_DEADLINE.set(math.inf if deadline is None else deadline)
-        try:
-            if self._fallback is not None and (self._down or self._outage):
-                self._recover()
-            token = self._take_many(key, many, deadline, start, priority)
-        except RequestException:
-            raise
-        except OutOfTime as exc:
-            raise RateLimitExceeded(
-                f"rate-limit backend {self.name} stayed busy past max_wait", key=key
-            ) from exc
-        except self._errors as exc:
-            self.sleep(0)  # closed meanwhile: SessionClosed
-            self._mark_down(exc)
-            if self._fallback is None:
-                raise BackendUnavailable(
-                    f"rate-limit backend {self.name} is unavailable: {exc}"
-                ) from exc
-            return self._fallback_take(
-                key, paying, deadline, start, priority, only_while_down=not last_round
-            )
-        finally:
-            BACKEND_DEADLINE.reset(bound)
-        if self._down:
-            self._mark_up()
-        if self._fallback is not None:
-            for charge in paying:
-                self._fallback.record(charge.key, charge.cost, charge.windows)
-        token.on_sent = self.sent
-        return token
-
-    def _fallback_take(
-        self,
-        key: str,
-        paying: list[Charge],
-        deadline: float | None,
-        start: float,
-        priority: int,
-        *,
-        only_while_down: bool,
-    ) -> Token | None:
-        """:meth:`_fallback_acquire` for :meth:`take`'s charges."""
-        assert self._fallback is not None
-        token = self._fallback.take(key, paying, deadline, priority)
-        now = time.monotonic()
-        with self._state_lock:
-            if only_while_down and (self._recovering or not self._down):
-                return None
-            for charge in paying:
-                horizon = max(ms for _, ms in charge.windows) + self._margin_ms
-                self._outage.extend([(charge.key, now, horizon)] * charge.cost)
-            self._trim_outage(now)
-        return Token(key, _FallbackHandle(token), now - start, on_sent=self.sent)
-
-    def _backend_acquire(
-        self, key: str, deadline: float | None, start: float, last_round: bool
-    ) -> Token | None:
-        """A token from the backend, or from the fallback if the backend fails.
-
-        :returns: ``None`` (not in the ``last_round``) when the backend failed, and came
-            back while this call waited for a fallback token.
-        """
-        bound = BACKEND_DEADLINE.set(math.inf if deadline is None else deadline)
-        try:
-            if self._fallback is not None and (self._down or self._outage):
-                self._recover()
-            token = self._take(key, deadline, start)
-        except RequestException:
-            # RateLimitExceeded (max_wait) and SessionClosed are answers, not backend
-            # failures; requests' exceptions are OSErrors, so catch them first.
-            raise
-        except OutOfTime as exc:
-            raise RateLimitExceeded(
-                f"rate-limit backend {self.name} stayed busy past max_wait", key=key
-            ) from exc
-        except self._errors as exc:
-            self.sleep(0)  # closed meanwhile (close() cut the connection): SessionClosed
-            self._mark_down(exc)
-            if self._fallback is None:
-                raise BackendUnavailable(
-                    f"rate-limit backend {self.name} is unavailable: {exc}"
-                ) from exc
-            return self._fallback_acquire(key, deadline, start, only_while_down=not last_round)
-        finally:
-            BACKEND_DEADLINE.reset(bound)
-        if self._down:
-            self._mark_up()
-        if self._fallback is not None:
-            self._fallback.record(key)
-        token.on_sent = self.sent
-        return token
 
     def sent(self, token: Token) -> None:
         """Date ``token`` at its send (``token.sent``) plus ``arrival``, for every process,
@@ -528,15 +421,98 @@ class SharedLimiter:
             if on_backend is not None:
                 on_backend(True, self.name)
 
-    def _fallback_acquire(
-        self, key: str, deadline: float | None, start: float, *, only_while_down: bool
+    def _rounds(
+        self,
+        key: str,
+        deadline: float | None,
+        backend: Callable[[float], Token],
+        fallback: Callable[[], Token],
+        outage: list[tuple[str, int, int]],
+        record: Callable[[], None],
+    ) -> Token:
+        """A token from the backend (``backend(start)``), or from the per-process
+        fallback (``fallback()``) while the backend is down: :meth:`acquire` and
+        :meth:`take` alike. ``outage``: ``(key, longest window ms, cost)`` to note for the
+        backend's return when the token comes from the fallback; ``record`` counts a
+        backend token in the fallback.
+
+        A second round only when the backend came back while this call waited for a
+        fallback token (that token then stays counted here, harmless): the backend,
+        which now knows the outage's tokens, decides.
+        """
+        start = time.monotonic()
+        for last_round in (False, True):
+            if self._fallback is not None and self._skip_backend(time.monotonic()):
+                token = self._from_fallback(key, start, fallback, outage, only_while_down=True)
+                if token is not None:
+                    return token
+            token = self._from_backend(
+                key, deadline, start, backend, fallback, outage, record, last_round
+            )
+            if token is not None:
+                return token
+        raise AssertionError("unreachable: the last round always returns a token")
+
+    def _from_backend(
+        self,
+        key: str,
+        deadline: float | None,
+        start: float,
+        backend: Callable[[float], Token],
+        fallback: Callable[[], Token],
+        outage: list[tuple[str, int, int]],
+        record: Callable[[], None],
+        last_round: bool,
+    ) -> Token | None:
+        """A token from the backend, or from the fallback if the backend fails.
+
+        :returns: ``None`` (not in the ``last_round``) when the backend failed, and came
+            back while this call waited for a fallback token.
+        """
+        bound = BACKEND_DEADLINE.set(math.inf if deadline is None else deadline)
+        try:
+            if self._fallback is not None and (self._down or self._outage):
+                self._recover()
+            token = backend(start)
+        except RequestException:
+            # RateLimitExceeded (max_wait) and SessionClosed are answers, not backend
+            # failures; requests' exceptions are OSErrors, so catch them first.
+            raise
+        except OutOfTime as exc:
+            raise RateLimitExceeded(
+                f"rate-limit backend {self.name} stayed busy past max_wait", key=key
+            ) from exc
+        except self._errors as exc:
+            self.sleep(0)  # closed meanwhile (close() cut the connection): SessionClosed
+            self._mark_down(exc)
+            if self._fallback is None:
+                raise BackendUnavailable(
+                    f"rate-limit backend {self.name} is unavailable: {exc}"
+                ) from exc
+            return self._from_fallback(key, start, fallback, outage, only_while_down=not last_round)
+        finally:
+            BACKEND_DEADLINE.reset(bound)
+        if self._down:
+            self._mark_up()
+        if self._fallback is not None:
+            record()
+        token.on_sent = self.sent
+        return token
+
+    def _from_fallback(
+        self,
+        key: str,
+        start: float,
+        fallback: Callable[[], Token],
+        outage: list[tuple[str, int, int]],
+        *,
+        only_while_down: bool,
     ) -> Token | None:
         """A token from the fallback, noted for the backend's return.
 
         :returns: ``None`` if ``only_while_down`` and the backend came back meanwhile.
         """
-        assert self._fallback is not None
-        token = self._fallback.acquire(key, deadline)
+        token = fallback()
         now = time.monotonic()
         # Under the lock that _recover marks the backend up with: a fallback token is
         # either in _outage before the backend is up (and written to it first), or not
@@ -544,7 +520,8 @@ class SharedLimiter:
         with self._state_lock:
             if only_while_down and (self._recovering or not self._down):
                 return None
-            self._outage.append((key, now, self._horizon_ms))
+            for noted, horizon, cost in outage:
+                self._outage.extend([(noted, now, horizon)] * cost)
             self._trim_outage(now)
         return Token(key, _FallbackHandle(token), now - start, on_sent=self.sent)
 
